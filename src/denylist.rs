@@ -1,0 +1,1 @@
+//! Denylist (being written).

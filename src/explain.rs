@@ -1,0 +1,1 @@
+//! `redtail explain` (being written).

@@ -1,0 +1,3 @@
+//! Telemetry: logs, Prometheus metrics and OpenTelemetry traces.
+
+pub mod metrics;

@@ -1,0 +1,9 @@
+//! redtail's integration tests: one binary (so the link happens once), one
+//! module per area. Each test talks to a real `redis-server` and to
+//! `mongo-sim` (or the MongoDB in `OTR_TEST_MONGO_URL`) over TCP.
+
+mod support;
+
+mod cli;
+mod http;
+mod publish;

@@ -1,0 +1,2 @@
+//! Shared harness: real servers on free loopback ports.
+#![allow(dead_code)]
