@@ -68,7 +68,7 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let m = Self {
+        Self {
             entries_received: counter_vec(
                 &registry,
                 "otr_oplog_entries_received",
@@ -196,8 +196,8 @@ impl Metrics {
                 "redtail_checkpoint_age_seconds",
                 "Age of the newest position flushed to Redis",
             ),
-        };
-        m
+            registry,
+        }
     }
 
     /// Renders the registry in the Prometheus text format.
