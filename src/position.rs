@@ -28,7 +28,10 @@ impl OplogPosition {
 
     /// Inverse of [`OplogPosition::as_u64`].
     pub const fn from_u64(value: u64) -> Self {
-        Self { time: (value >> 32) as u32, increment: value as u32 }
+        Self {
+            time: (value >> 32) as u32,
+            increment: value as u32,
+        }
     }
 
     /// Parses the decimal form stored under `lastProcessedEntry` keys.
@@ -39,13 +42,19 @@ impl OplogPosition {
 
 impl From<bson::Timestamp> for OplogPosition {
     fn from(ts: bson::Timestamp) -> Self {
-        Self { time: ts.time, increment: ts.increment }
+        Self {
+            time: ts.time,
+            increment: ts.increment,
+        }
     }
 }
 
 impl From<OplogPosition> for bson::Timestamp {
     fn from(p: OplogPosition) -> Self {
-        bson::Timestamp { time: p.time, increment: p.increment }
+        bson::Timestamp {
+            time: p.time,
+            increment: p.increment,
+        }
     }
 }
 

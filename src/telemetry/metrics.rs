@@ -57,6 +57,9 @@ pub struct Metrics {
     pub resume_too_old: IntCounterVec,
     /// `redtail_source_restarts_total{reason}`: source cursor restarts.
     pub source_restarts: IntCounterVec,
+    /// `redtail_oplog_gaps_total`: times the position to resume from had already
+    /// been overwritten in the capped oplog, so changes were lost.
+    pub oplog_gaps: IntCounter,
     /// `redtail_end_to_end_latency_seconds`: from the entry's `wall` time to
     /// Redis's acknowledgement of its publication.
     pub end_to_end_latency: Histogram,
@@ -185,6 +188,11 @@ impl Metrics {
                 "Restarts of the source cursor, by reason",
                 &["reason"],
             ),
+            oplog_gaps: counter(
+                &registry,
+                "redtail_oplog_gaps_total",
+                "Resumes whose position had already left the capped oplog (changes lost)",
+            ),
             end_to_end_latency: histogram(
                 &registry,
                 "redtail_end_to_end_latency_seconds",
@@ -218,7 +226,9 @@ impl Default for Metrics {
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -227,7 +237,10 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
@@ -235,7 +248,10 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    register(registry, GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    register(
+        registry,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -251,7 +267,10 @@ fn histogram_vec(
     buckets: Vec<f64>,
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets);
-    register(registry, HistogramVec::new(opts, labels).expect("valid metric"))
+    register(
+        registry,
+        HistogramVec::new(opts, labels).expect("valid metric"),
+    )
 }
 
 #[cfg(test)]
@@ -261,10 +280,14 @@ mod tests {
     #[test]
     fn renders_oplogtoredis_names() {
         let m = Metrics::new();
-        m.entries_received.with_label_values(&["testdb", "processed"]).inc();
+        m.entries_received
+            .with_label_values(&["testdb", "processed"])
+            .inc();
         m.processed_messages.with_label_values(&["sent"]).inc_by(3);
         let text = m.render();
-        assert!(text.contains(r#"otr_oplog_entries_received{database="testdb",status="processed"} 1"#));
+        assert!(
+            text.contains(r#"otr_oplog_entries_received{database="testdb",status="processed"} 1"#)
+        );
         assert!(text.contains(r#"otr_redispub_processed_messages{status="sent"} 3"#));
     }
 }

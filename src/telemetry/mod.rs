@@ -1,3 +1,4 @@
 //! Telemetry: logs, Prometheus metrics and OpenTelemetry traces.
 
+pub mod logging;
 pub mod metrics;

@@ -5,5 +5,7 @@
 mod support;
 
 mod cli;
+mod explain;
 mod http;
 mod publish;
+mod relay;

@@ -1,0 +1,314 @@
+//! The oplog tailer: `local.oplog.rs`, `ts` ordered, tailable await cursor.
+//!
+//! It is oplogtoredis-compatible in what it reads (every entry, natural
+//! order) and stricter in what it notices: each (re)query asks for
+//! `ts >= last` and checks that the first entry returned is `last` itself, so
+//! a position that fell off the capped oplog is reported as a loss instead of
+//! silently skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bson::{RawDocument, Timestamp, doc};
+use mongodb::options::{ClientOptions, CursorType};
+use mongodb::{Client, Collection};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::start::{StartPlan, StartReason};
+use super::{SourceError, SourceRecord};
+use crate::position::OplogPosition;
+use crate::telemetry::metrics::Metrics;
+
+/// Server error codes after which the tail simply re-queries from the last
+/// position read: CappedPositionLost, ChangeStreamFatalError,
+/// ChangeStreamHistoryLost (DESIGN.md section 4).
+const REQUERY_CODES: [i32; 3] = [136, 280, 286];
+
+/// Settings of the oplog tailer.
+#[derive(Debug, Clone)]
+pub struct OplogSettings {
+    /// How long the server may hold a `getMore` waiting for new entries.
+    pub max_await: Duration,
+    /// Bound on the first query and on silence from a live cursor, after which
+    /// the cursor is re-issued (oplogtoredis's `OTR_MONGO_QUERY_TIMEOUT`).
+    pub query_timeout: Duration,
+    /// Entries per batch the server may return.
+    pub batch_size: u32,
+    /// First and largest pause between failed attempts.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for OplogSettings {
+    fn default() -> Self {
+        Self {
+            max_await: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(5),
+            batch_size: 1000,
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Tails `local.oplog.rs` and forwards every entry as a [`SourceRecord`].
+pub struct OplogSource {
+    oplog: Collection<bson::RawDocumentBuf>,
+    settings: OplogSettings,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// How one cursor's life ended.
+enum TailEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The server closed the cursor or went quiet for too long: re-query.
+    Requery(&'static str),
+}
+
+/// Connects a MongoDB client with redtail's options (app name, timeouts).
+pub async fn connect(url: &str, connect_timeout: Duration) -> Result<Client, SourceError> {
+    let mut options = ClientOptions::parse(url)
+        .await
+        .map_err(SourceError::Client)?;
+    options.app_name = Some("redtail".to_owned());
+    options.connect_timeout = Some(connect_timeout);
+    options.server_selection_timeout = Some(connect_timeout);
+    Client::with_options(options).map_err(SourceError::Client)
+}
+
+/// Whether MongoDB answers a `ping` in time (for `/healthz`).
+pub async fn ping(client: &Client, timeout: Duration) -> bool {
+    let admin = client.database("admin");
+    let ping = admin.run_command(doc! { "ping": 1 });
+    matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)))
+}
+
+impl OplogSource {
+    /// A tailer reading through `client`.
+    pub fn new(client: &Client, settings: OplogSettings, metrics: Metrics) -> Self {
+        let oplog = client.database("local").collection("oplog.rs");
+        Self {
+            oplog,
+            settings,
+            metrics,
+            ready: Arc::default(),
+        }
+    }
+
+    /// Sets `flag` once the tail is positioned: from then on, every write to
+    /// MongoDB is certain to be read (this is what `/readyz` reports).
+    pub fn with_ready(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.ready = flag;
+        self
+    }
+
+    /// Tails from `plan` until `shutdown`, sending every entry to `out`.
+    ///
+    /// Transient failures (network, step-downs, lost cursors) are retried
+    /// with backoff from the last position read: entries already handed
+    /// downstream are never re-read, and none is skipped without being
+    /// reported.
+    pub async fn run(
+        self,
+        plan: StartPlan,
+        out: mpsc::Sender<SourceRecord>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut last_read = match plan {
+            StartPlan::After(position) => Some(position),
+            StartPlan::AtEnd(reason) => {
+                log_start_at_end(reason);
+                None
+            }
+        };
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            if last_read.is_none() {
+                match self.newest_position(&shutdown).await {
+                    Ok(position) => last_read = position,
+                    Err(error) => {
+                        self.record_failure("start_time", &error);
+                        failures += 1;
+                        self.pause(failures, &shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            match self.tail(&mut last_read, &out, &shutdown).await {
+                Ok(TailEnd::Shutdown) => break,
+                Ok(TailEnd::Requery(reason)) => {
+                    failures = 0;
+                    self.metrics
+                        .source_restarts
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::debug!(reason, "re-issuing the oplog query");
+                }
+                Err(TailError::Downstream) => return Err(SourceError::DownstreamClosed),
+                Err(TailError::Mongo(error)) if requery_code(&error).is_some() => {
+                    let code = requery_code(&error).unwrap_or_default();
+                    tracing::warn!(
+                        code,
+                        "oplog cursor lost its position; re-querying from the last entry read"
+                    );
+                    self.metrics
+                        .source_restarts
+                        .with_label_values(&["position_lost"])
+                        .inc();
+                }
+                Err(TailError::Mongo(error)) => {
+                    failures += 1;
+                    self.record_failure("query", &error);
+                    self.pause(failures, &shutdown).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One cursor: query from `last_read`, stream until it ends.
+    async fn tail(
+        &self,
+        last_read: &mut Option<OplogPosition>,
+        out: &mpsc::Sender<SourceRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<TailEnd, TailError> {
+        let filter = match *last_read {
+            Some(position) => doc! { "ts": { "$gte": Timestamp::from(position) } },
+            None => doc! {},
+        };
+        let find = self
+            .oplog
+            .find(filter)
+            .cursor_type(CursorType::TailableAwait)
+            .max_await_time(self.settings.max_await)
+            .batch_size(self.settings.batch_size);
+        let mut cursor = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(TailEnd::Shutdown),
+            found = tokio::time::timeout(self.settings.query_timeout, find) => match found {
+                Err(_) => return Ok(TailEnd::Requery("query_timeout")),
+                Ok(cursor) => cursor?,
+            },
+        };
+        crate::pipeline::mark_ready(&self.ready);
+        let silence = self.settings.query_timeout.max(self.settings.max_await * 2);
+        let mut expect_resume_entry = last_read.is_some();
+        loop {
+            let advanced = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(TailEnd::Shutdown),
+                advanced = tokio::time::timeout(silence, cursor.advance()) => advanced,
+            };
+            match advanced {
+                Err(_) => return Ok(TailEnd::Requery("idle")),
+                Ok(Ok(false)) => return Ok(TailEnd::Requery("cursor_closed")),
+                Ok(Err(error)) => return Err(TailError::Mongo(error)),
+                Ok(Ok(true)) => {}
+            }
+            let entry = cursor.current();
+            let Some(position) = entry_position(entry) else {
+                // Without a ts the entry cannot be ordered; the transform
+                // stage reports it as malformed.
+                out.send(SourceRecord::OplogEntry(entry.to_owned()))
+                    .await
+                    .map_err(|_| TailError::Downstream)?;
+                continue;
+            };
+            if expect_resume_entry {
+                expect_resume_entry = false;
+                if Some(position) == *last_read {
+                    continue;
+                }
+                self.report_gap(*last_read, position);
+            }
+            *last_read = Some(position);
+            out.send(SourceRecord::OplogEntry(entry.to_owned()))
+                .await
+                .map_err(|_| TailError::Downstream)?;
+        }
+    }
+
+    /// The `ts` of the newest entry, or None for an empty oplog.
+    async fn newest_position(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<OplogPosition>, mongodb::error::Error> {
+        let newest = self.oplog.find_one(doc! {}).sort(doc! { "$natural": -1 });
+        let found = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            found = tokio::time::timeout(self.settings.query_timeout, newest) => found,
+        };
+        let entry = found.map_err(|_| {
+            mongodb::error::Error::custom("timed out reading the newest oplog entry")
+        })??;
+        Ok(entry.as_deref().and_then(entry_position))
+    }
+
+    /// The entry we resumed after is gone: everything between it and `found`
+    /// was overwritten before we could read it.
+    fn report_gap(&self, expected: Option<OplogPosition>, found: OplogPosition) {
+        self.metrics.oplog_gaps.inc();
+        tracing::error!(
+            resume_after = %expected.map(|p| p.to_string()).unwrap_or_default(),
+            first_available = %found,
+            "the position to resume from is no longer in the oplog: changes in between were lost \
+             (the oplog is too short for this outage; see the runbook)"
+        );
+    }
+
+    fn record_failure(&self, reason: &'static str, error: &mongodb::error::Error) {
+        self.metrics
+            .tail_failed_to_start
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(reason, %error, "oplog tailing stopped prematurely; retrying");
+    }
+
+    /// Exponential backoff, cut short by shutdown.
+    async fn pause(&self, failures: u32, shutdown: &CancellationToken) {
+        let (first, cap) = self.settings.backoff;
+        let delay = first.saturating_mul(1 << failures.min(16)).min(cap);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Failure of one cursor.
+enum TailError {
+    Mongo(mongodb::error::Error),
+    Downstream,
+}
+
+impl From<mongodb::error::Error> for TailError {
+    fn from(error: mongodb::error::Error) -> Self {
+        Self::Mongo(error)
+    }
+}
+
+fn requery_code(error: &mongodb::error::Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(e) if REQUERY_CODES.contains(&e.code) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn entry_position(entry: &RawDocument) -> Option<OplogPosition> {
+    entry.get_timestamp("ts").ok().map(OplogPosition::from)
+}
+
+fn log_start_at_end(reason: StartReason) {
+    match reason {
+        StartReason::NoStoredPosition => tracing::warn!(
+            "no last processed position found in Redis; starting from the end of the oplog"
+        ),
+        StartReason::TooFarBehind { gap_seconds } => tracing::error!(
+            gap_seconds,
+            "the last processed position is older than OTR_MAX_CATCH_UP; starting from the end \
+             of the oplog, changes in the gap are NOT published (set OTR_CATCH_UP_POLICY=replay \
+             to replay them instead)"
+        ),
+    }
+}
