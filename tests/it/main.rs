@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod explain;
+mod faults;
 mod http;
 mod publish;
 mod relay;
