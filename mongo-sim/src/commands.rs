@@ -287,11 +287,22 @@ fn first_batch(
     limit: usize,
     single_batch: bool,
 ) -> Result<Response, CommandError> {
+    // The engine reads "no limit" for 0, so an empty first batch is made
+    // here. A change stream still reads one event, because only a read
+    // yields the postBatchResumeToken every reply must carry.
+    let limit = match (&cursor.source, limit) {
+        (CursorSource::ChangeStream(_), 0) => 1,
+        _ => limit,
+    };
     let Fetched {
         documents,
         exhausted,
         post_batch_resume_token,
-    } = cursor.fetch(&ctx.engine, limit)?;
+    } = if limit == 0 {
+        Fetched::default()
+    } else {
+        cursor.fetch(&ctx.engine, limit)?
+    };
     let ns = cursor.ns.clone();
     let kind = cursor.kind;
     let id = if exhausted || single_batch {

@@ -74,6 +74,8 @@ pub(crate) struct ServerContext {
     pub cursors: CursorRegistry,
     pub identity: Identity,
     pub started: Instant,
+    /// `MONGO_SIM_DEBUG` was set: print every request and outcome to stderr.
+    debug: bool,
     connections_created: AtomicI64,
     connections_open: AtomicI64,
     next_reply_id: AtomicI32,
@@ -131,6 +133,7 @@ impl MongoSim {
                 version: options.version,
             },
             started: Instant::now(),
+            debug: std::env::var_os("MONGO_SIM_DEBUG").is_some(),
             connections_created: AtomicI64::new(0),
             connections_open: AtomicI64::new(0),
             next_reply_id: AtomicI32::new(1),
@@ -330,6 +333,9 @@ async fn handle_request(
         tokio::time::sleep_until(until.into()).await;
     }
     let request_id = request.request_id();
+    if ctx.debug {
+        eprintln!("[mongo-sim] conn {connection_id} <- {request:?}");
+    }
     let (outcome, legacy, reply_expected) = match request {
         Request::Msg {
             more_to_come,
@@ -367,6 +373,9 @@ async fn handle_request(
             (outcome, true, true)
         }
     };
+    if ctx.debug {
+        eprintln!("[mongo-sim] conn {connection_id} -> {outcome:?}");
+    }
     let latency = ctx.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -256,9 +256,9 @@ async fn every_supported_version_handshakes() -> Result<()> {
         assert_eq!(hello.get_i32("maxWireVersion")?, wire);
         let coll = client.database(NS_DB).collection::<Document>("v");
         coll.insert_one(doc! {"_id": 1}).await?;
-        assert_eq!(coll.count_documents(doc! {}).await?, 1);
-        client.shutdown().await;
-    }
+        let found: Vec<Document> = coll.find(doc! {}).await?.try_collect().await?;
+        assert_eq!(found, vec![doc! {"_id": 1}]);
+        }
     Ok(())
 }
 
@@ -287,7 +287,6 @@ async fn crud_writes_the_oplog() -> Result<()> {
         .try_collect()
         .await?;
     assert_eq!(ops, ["i", "i", "u", "d"]);
-    client.shutdown().await;
     Ok(())
 }
 
@@ -309,7 +308,6 @@ async fn plain_cursors_page_through_batches() -> Result<()> {
     let snapshot = sim.counters().snapshot();
     assert!(snapshot.command("getMore") >= 6, "{snapshot:?}");
     assert_eq!(snapshot.other.documents, 250);
-    client.shutdown().await;
     Ok(())
 }
 
@@ -333,7 +331,6 @@ async fn tailable_cursor_sees_new_entries() -> Result<()> {
     let snapshot = sim.counters().snapshot();
     assert!(snapshot.oplog_tail.documents >= 20, "{snapshot:?}");
     assert!(snapshot.oplog_tail.bytes > 0);
-    client.shutdown().await;
     Ok(())
 }
 
@@ -401,7 +398,41 @@ async fn await_data_get_more_waits_for_max_time_and_keeps_the_id() -> Result<()>
         .await
         .expect_err("killed cursor");
     assert!(err.to_string().contains("43") || err.to_string().contains("CursorNotFound"), "{err}");
-    client.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_batch_size_first_batches() -> Result<()> {
+    let sim = start();
+    let client = client(&sim.direct_url()).await?;
+    let coll = client.database(NS_DB).collection::<Document>("zero");
+    coll.insert_one(doc! {"_id": 1}).await?;
+    let local = client.database("local");
+    let reply = local
+        .run_command(doc! {
+            "find": "oplog.rs", "filter": {"ns": "test.zero"},
+            "tailable": true, "awaitData": true, "batchSize": 0,
+        })
+        .await?;
+    let cursor = reply.get_document("cursor")?;
+    assert!(cursor.get_array("firstBatch")?.is_empty());
+    let id = cursor.get_i64("id")?;
+    assert_ne!(id, 0);
+    let more = local
+        .run_command(doc! {"getMore": id, "collection": "oplog.rs", "maxTimeMS": 100})
+        .await?;
+    assert_eq!(more.get_document("cursor")?.get_array("nextBatch")?.len(), 1);
+
+    let reply = client
+        .database(NS_DB)
+        .run_command(doc! {
+            "aggregate": "zero", "pipeline": [{"$changeStream": {}}], "cursor": {"batchSize": 0},
+        })
+        .await?;
+    let cursor = reply.get_document("cursor")?;
+    assert!(cursor.get_document("postBatchResumeToken").is_ok(), "{reply}");
+    assert!(cursor.get_array("firstBatch")?.is_empty());
+    assert!(reply.get_timestamp("operationTime").is_ok());
     Ok(())
 }
 
@@ -430,7 +461,6 @@ async fn change_stream_sees_inserts_updates_and_deletes() -> Result<()> {
     assert!(stream.resume_token().is_some());
     let snapshot = sim.counters().snapshot();
     assert!(snapshot.change_stream.documents >= 3, "{snapshot:?}");
-    client.shutdown().await;
     Ok(())
 }
 
@@ -458,7 +488,6 @@ async fn database_and_cluster_streams() -> Result<()> {
         cluster_dbs.insert(event.ns.context("ns")?.db);
     }
     assert_eq!(cluster_dbs, BTreeSet::from(["other".to_owned(), NS_DB.to_owned()]));
-    client.shutdown().await;
     Ok(())
 }
 
@@ -541,7 +570,7 @@ async fn survives(fault: Fault) -> Result<(Tailed, Followed)> {
     assert_exactly(&tailed.ids, &expected, &format!("tailer through {fault:?}"));
     assert_exactly(&followed.ids, &expected, &format!("stream through {fault:?}"));
     sim.faults().clear();
-    client.shutdown().await;
+    eprintln!("{fault:?}: tailer restarts {} errors {:?}; stream reopens {} errors {:?}", tailed.restarts, tailed.errors, followed.reopens, followed.errors);
     Ok((tailed, followed))
 }
 
@@ -601,7 +630,6 @@ async fn latency_and_pause_delay_replies() -> Result<()> {
     let started = Instant::now();
     admin.run_command(doc! {"ping": 1}).await?;
     assert!(started.elapsed() >= Duration::from_millis(400));
-    client.shutdown().await;
     Ok(())
 }
 
@@ -626,7 +654,6 @@ async fn step_down_is_visible_and_ends() -> Result<()> {
     let hello = admin.run_command(doc! {"hello": 1}).await?;
     assert!(hello.get_bool("isWritablePrimary")?);
     coll.insert_one(doc! {"_id": 1}).await?;
-    client.shutdown().await;
     Ok(())
 }
 
@@ -659,7 +686,6 @@ async fn truncation_loses_a_lagging_tailer_position() -> Result<()> {
         matches!(*err.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 136),
         "{err}"
     );
-    client.shutdown().await;
     Ok(())
 }
 
@@ -695,7 +721,6 @@ async fn admin_commands_append_and_count() -> Result<()> {
         .await
         .expect_err("admin only");
     assert!(err.to_string().contains("Unauthorized") || err.to_string().contains("13"), "{err}");
-    client.shutdown().await;
     Ok(())
 }
 
@@ -716,4 +741,43 @@ fn library_api_works_from_sync_code() {
         assert!(std::time::Instant::now() < deadline, "still listening");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_prints_one_ready_line_and_serves() -> Result<()> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mongo-sim"))
+        .args(["--port", "0", "--mongo-version", "5.0", "--repl-set", "rsX"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Anything more on stdout is a bug: report it too.
+        let _ = tx.send(lines.next());
+    });
+    let outcome = async {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("no ready line")?
+            .context("stdout closed")??;
+        let url = line.strip_prefix("ready ").context("line starts with ready")?;
+        assert!(url.starts_with("mongodb://127.0.0.1:"), "{line}");
+        assert!(url.ends_with("/?replicaSet=rsX"), "{line}");
+        let client = client(url).await?;
+        let hello = client.database("admin").run_command(doc! {"hello": 1}).await?;
+        assert_eq!(hello.get_i32("maxWireVersion")?, 13);
+        assert_eq!(hello.get_str("setName")?, "rsX");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "more than one line on stdout"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    child.kill()?;
+    child.wait()?;
+    outcome
 }
