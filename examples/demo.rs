@@ -19,7 +19,10 @@ async fn main() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/release/redtail"));
     if !redtail_bin.exists() {
-        bail!("{} not found: run `cargo build --release` first (scripts/demo.sh does)", redtail_bin.display());
+        bail!(
+            "{} not found: run `cargo build --release` first (scripts/demo.sh does)",
+            redtail_bin.display()
+        );
     }
     let logs = PathBuf::from("target/demo");
     std::fs::create_dir_all(&logs)?;
@@ -28,7 +31,16 @@ async fn main() -> Result<()> {
     println!("mongo-sim     {}", sim.url());
     let redis_port = free_port()?;
     let mut redis = Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .context("starting redis-server (run scripts/setup.sh to install it)")?;
@@ -47,7 +59,10 @@ async fn main() -> Result<()> {
         .spawn()
         .context("starting redtail")?;
     wait_ready(http_port).await?;
-    println!("redtail       http://127.0.0.1:{http_port}/metrics  (logs: {})", log_path.display());
+    println!(
+        "redtail       http://127.0.0.1:{http_port}/metrics  (logs: {})",
+        log_path.display()
+    );
     println!("\nwriting to demo.tasks every second; what redis-oplog hears:\n");
 
     let subscriber = tokio::spawn(print_messages(redis_url.clone()));
@@ -68,17 +83,31 @@ async fn main() -> Result<()> {
 /// then a transaction, one step a second.
 async fn write_forever(url: String) -> Result<()> {
     let client = mongodb::Client::with_uri_str(&url).await?;
-    let tasks = client.database("demo").collection::<bson::Document>("tasks");
+    let tasks = client
+        .database("demo")
+        .collection::<bson::Document>("tasks");
     for step in 0u64.. {
         let id = format!("task{}", step / 3);
         match step % 3 {
-            0 => tasks.insert_one(doc! { "_id": &id, "title": format!("Task {step}"), "done": false }).await.map(drop)?,
-            1 => tasks.update_one(doc! { "_id": &id }, doc! { "$set": { "done": true } }).await.map(drop)?,
+            0 => tasks
+                .insert_one(doc! { "_id": &id, "title": format!("Task {step}"), "done": false })
+                .await
+                .map(drop)?,
+            1 => tasks
+                .update_one(doc! { "_id": &id }, doc! { "$set": { "done": true } })
+                .await
+                .map(drop)?,
             _ if step % 9 == 8 => {
                 let mut session = client.start_session().await?;
                 session.start_transaction().await?;
-                tasks.delete_one(doc! { "_id": &id }).session(&mut session).await?;
-                tasks.insert_one(doc! { "_id": format!("{id}-archived"), "from": &id }).session(&mut session).await?;
+                tasks
+                    .delete_one(doc! { "_id": &id })
+                    .session(&mut session)
+                    .await?;
+                tasks
+                    .insert_one(doc! { "_id": format!("{id}-archived"), "from": &id })
+                    .session(&mut session)
+                    .await?;
                 session.commit_transaction().await?;
             }
             _ => tasks.delete_one(doc! { "_id": &id }).await.map(drop)?,
@@ -100,7 +129,9 @@ async fn print_messages(url: String) -> Result<()> {
 }
 
 fn stop_gracefully(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     for _ in 0..300 {
         if let Ok(Some(status)) = child.try_wait() {
             println!("redtail exited: {status}");
@@ -115,7 +146,11 @@ async fn wait_for_redis(url: &str) -> Result<()> {
     let client = redis::Client::open(url)?;
     for _ in 0..100 {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+            if redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }
@@ -141,5 +176,7 @@ async fn wait_ready(port: u16) -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -16,7 +16,7 @@ use redtail::pipeline::Relay;
 use redtail::publish::Publisher;
 use redtail::sources::oplog::{self, OplogSource};
 use redtail::sources::start::{StartPlan, plan_start};
-use redtail::telemetry::{logging, metrics::Metrics};
+use redtail::telemetry::{logging, metrics::Metrics, traces};
 use redtail::transform::Transformer;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +65,10 @@ fn explain(args: ExplainArgs) -> ExitCode {
 
 /// The relay: connect, decide where to start, then run until a signal.
 async fn run(config: Config) -> anyhow::Result<()> {
-    logging::init_logging(config.log_debug, config.log_quiet).context("setting up logging")?;
+    let traces = traces::install_from_env().context("setting up OpenTelemetry traces")?;
+    let traces_layer = traces.as_ref().map(traces::TracesGuard::layer);
+    logging::init_logging_with(config.log_debug, config.log_quiet, traces_layer)
+        .context("setting up logging")?;
     for warning in config.startup_warnings() {
         tracing::warn!("{warning}");
     }
@@ -122,6 +125,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let result = relay.run(shutdown, ready).await;
     http_stop.cancel();
     let _ = http_task.await;
+    if let Some(traces) = traces {
+        drop(traces);
+    }
     result?;
     tracing::info!("redtail stopped cleanly");
     Ok(())

@@ -135,8 +135,12 @@ mod tests {
     #[test]
     fn the_id_is_found_in_a_message() {
         let hex = bench_id(2, 5).to_hex();
-        let message = format!(r#"{{"e":"i","d":{{"_id":{{"$type":"oid","$value":"{hex}"}}}},"f":["_id"]}}"#);
+        let message =
+            format!(r#"{{"e":"i","d":{{"_id":{{"$type":"oid","$value":"{hex}"}}}},"f":["_id"]}}"#);
         assert_eq!(oid_hex_in_message(&message), Some(hex.as_str()));
-        assert_eq!(oid_hex_in_message(r#"{"e":"i","d":{"_id":"x"},"f":[]}"#), None);
+        assert_eq!(
+            oid_hex_in_message(r#"{"e":"i","d":{"_id":"x"},"f":[]}"#),
+            None
+        );
     }
 }

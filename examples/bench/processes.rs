@@ -12,7 +12,9 @@ use anyhow::{Context, Result, bail};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A `redis-server` started for this run, without persistence (so no fork
@@ -28,7 +30,16 @@ impl RedisServer {
     pub fn start() -> Result<Self> {
         let port = free_port()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--client-output-buffer-limit", "pubsub 0 0 0"])
             .stdout(Stdio::null())
             .spawn()
@@ -75,10 +86,21 @@ impl Redtail {
     /// Starts `binary` against `mongo_url`/`redis_url` with `extra` settings
     /// and waits (at most `timeout`) until `/readyz` answers 200, i.e. the
     /// tail is positioned and later writes are certain to be relayed.
-    pub fn start(binary: &Path, mongo_url: &str, redis_url: &str, extra: &[(&str, String)], logs: &Path, timeout: Duration) -> Result<Self> {
+    pub fn start(
+        binary: &Path,
+        mongo_url: &str,
+        redis_url: &str,
+        extra: &[(&str, String)],
+        logs: &Path,
+        timeout: Duration,
+    ) -> Result<Self> {
         let http_port = free_port()?;
         std::fs::create_dir_all(logs)?;
-        let name = extra.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let name = extra
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let log_file = |suffix: &str| -> Result<std::fs::File> {
             let path: PathBuf = logs.join(format!("redtail[{name}].{suffix}"));
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
@@ -93,7 +115,9 @@ impl Redtail {
         for (key, value) in extra {
             command.env(key, value);
         }
-        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
         let mut redtail = Self { child, http_port };
         redtail.wait_ready(timeout)?;
         Ok(redtail)
@@ -103,7 +127,9 @@ impl Redtail {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!("redtail exited before it was ready ({status}); see its log under target/bench/");
+                bail!(
+                    "redtail exited before it was ready ({status}); see its log under target/bench/"
+                );
             }
             if matches!(http_get(self.http_port, "/readyz"), Some((200, _))) {
                 return Ok(());
@@ -134,7 +160,9 @@ impl Redtail {
 
     /// SIGTERM (redtail drains and saves its position), then SIGKILL after 10 s.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -160,6 +188,9 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
     let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
     Some((status, body))
 }

@@ -22,8 +22,13 @@ pub fn parse_commandstats(info: &str) -> CommandCalls {
 
 /// Current command calls of the Redis at `url`.
 pub async fn redis_calls(url: &str) -> Result<CommandCalls> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await?;
     Ok(parse_commandstats(&info))
 }
 
@@ -48,7 +53,12 @@ pub fn redis_cost(before: &CommandCalls, after: &CommandCalls, messages: u64) ->
     let deltas: CommandCalls = after
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
-        .map(|(name, calls)| (name.clone(), calls.saturating_sub(before.get(name).copied().unwrap_or(0))))
+        .map(|(name, calls)| {
+            (
+                name.clone(),
+                calls.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
         .filter(|(_, delta)| *delta > 0)
         .collect();
     let per = |count: u64| count as f64 / messages.max(1) as f64;
@@ -79,7 +89,10 @@ pub struct MongoCost {
 pub fn mongo_cost(before: &CountersSnapshot, after: &CountersSnapshot, messages: u64) -> MongoCost {
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / messages.max(1) as f64;
     MongoCost {
-        commands: per(after.commands.values().sum(), before.commands.values().sum()),
+        commands: per(
+            after.commands.values().sum(),
+            before.commands.values().sum(),
+        ),
         get_mores: per(after.command("getMore"), before.command("getMore")),
         oplog_documents: per(after.oplog_tail.documents, before.oplog_tail.documents),
         oplog_bytes: per(after.oplog_tail.bytes, before.oplog_tail.bytes),
@@ -92,7 +105,9 @@ mod tests {
 
     #[test]
     fn commandstats_are_parsed_and_differenced() {
-        let before = parse_commandstats("# Commandstats\r\ncmdstat_evalsha:calls=10,usec=5,usec_per_call=0.5\r\ncmdstat_info:calls=1,usec=1\r\n");
+        let before = parse_commandstats(
+            "# Commandstats\r\ncmdstat_evalsha:calls=10,usec=5,usec_per_call=0.5\r\ncmdstat_info:calls=1,usec=1\r\n",
+        );
         let after = parse_commandstats(
             "# Commandstats\r\ncmdstat_evalsha:calls=110,usec=50\r\ncmdstat_publish:calls=200,usec=9\r\ncmdstat_info:calls=2,usec=1\r\ncmdstat_get:calls=100,usec=1\r\n",
         );

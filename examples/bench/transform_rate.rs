@@ -40,7 +40,8 @@ struct Fixture {
 /// The fixture entries as raw BSON, converted once so the loop measures only
 /// the transform. Deserializing straight into `Document` keeps field order.
 pub fn load_fixtures(path: &Path) -> Result<Vec<RawDocumentBuf>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let fixtures: Vec<Fixture> =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     fixtures.iter().map(|f| to_raw(&f.entry)).collect()
@@ -54,7 +55,12 @@ pub fn to_raw(document: &Document) -> Result<RawDocumentBuf> {
 /// Transforms the corpus pass after pass until `budget` is spent (or
 /// `max_entries` reached). Each pass gets a fresh transformer, as a restarted
 /// tail would, so transaction state never carries from one pass to the next.
-pub fn measure(corpus: &'static str, entries: &[RawDocumentBuf], budget: Duration, max_entries: u64) -> TransformRate {
+pub fn measure(
+    corpus: &'static str,
+    entries: &[RawDocumentBuf],
+    budget: Duration,
+    max_entries: u64,
+) -> TransformRate {
     let started = Instant::now();
     let mut done = 0u64;
     let mut publications = 0u64;

@@ -395,3 +395,39 @@ async fn handle_request(
         wire::encode_op_msg(reply_id, request_id, bytes)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<MongoSim>();
+        shareable::<Faults>();
+        shareable::<Arc<Counters>>();
+    }
+
+    #[test]
+    fn urls_name_the_bound_port() {
+        let sim = MongoSim::start(SimOptions {
+            repl_set: "setA".into(),
+            ..SimOptions::default()
+        })
+        .unwrap();
+        let port = sim.port();
+        assert_ne!(port, 0);
+        assert_eq!(sim.host(), format!("127.0.0.1:{port}"));
+        assert_eq!(sim.url(), format!("mongodb://127.0.0.1:{port}/?replicaSet=setA"));
+        assert_eq!(
+            sim.direct_url(),
+            format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+        );
+        // The same port cannot be bound twice.
+        let taken = MongoSim::start(SimOptions {
+            port,
+            ..SimOptions::default()
+        });
+        assert!(matches!(taken, Err(SimError::Bind { .. })));
+    }
+}

@@ -300,7 +300,9 @@ pub struct Config {
     )]
     pub write_parallelism: usize,
 
-    /// oplogtoredis's number of oplog readers, sharded by database.
+    /// oplogtoredis's number of oplog readers. Accepted for compatibility:
+    /// redtail reads the oplog with one cursor, which the transform keeps up
+    /// with (see docs/benchmarks.md), so values above 1 only log a warning.
     #[arg(
         long,
         env = "OTR_READ_PARALLELISM",
@@ -538,6 +540,13 @@ impl Config {
                  (shared by every instance and kept across restarts), so Postgres is not needed"
                     .to_owned(),
             );
+        }
+        if self.read_parallelism > 1 {
+            warnings.push(format!(
+                "OTR_READ_PARALLELISM={} is accepted but redtail reads the oplog with one \
+                 cursor; write parallelism (OTR_WRITE_PARALLELISM) is honoured",
+                self.read_parallelism
+            ));
         }
         if self.sentry_enabled {
             warnings.push(

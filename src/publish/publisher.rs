@@ -53,6 +53,7 @@ use super::settings::PublisherSettings;
 use super::target::Target;
 use crate::position::OplogPosition;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::{DestinationTracer, PublishTracer, TracedMessage};
 
 /// First pause after a failed call; doubled per retry up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -78,12 +79,26 @@ struct Shared {
     publishing_targets: Vec<Arc<Target>>,
     script: DedupScript,
     metrics: Metrics,
+    /// `None` when tracing is off: then acknowledging a call costs one branch.
+    tracer: Option<PublishTracer>,
 }
 
 impl Publisher {
     /// Validates the settings and parses every URL; no I/O, so a bad URL or
     /// setting fails at start with an error naming it (password redacted).
+    /// Spans go to the tracer set up by
+    /// [`install_from_env`](crate::telemetry::traces::install_from_env), if any.
     pub fn new(settings: PublisherSettings, metrics: Metrics) -> Result<Self, PublishError> {
+        Self::with_tracer(settings, metrics, PublishTracer::installed())
+    }
+
+    /// [`Publisher::new`] with an explicit tracer (or none), so tests can
+    /// capture spans without touching process-wide state.
+    pub fn with_tracer(
+        settings: PublisherSettings,
+        metrics: Metrics,
+        tracer: Option<PublishTracer>,
+    ) -> Result<Self, PublishError> {
         settings.validate()?;
         let options = settings.target_options()?;
         let parse_all = || {
@@ -105,6 +120,7 @@ impl Publisher {
                 publishing_targets,
                 script,
                 metrics,
+                tracer,
             }),
         })
     }
@@ -199,6 +215,7 @@ struct DestinationLoop {
     target: Arc<Target>,
     script: DedupScript,
     metrics: Metrics,
+    tracer: Option<DestinationTracer>,
     positions: PositionStore,
     ordinal: u32,
     ordinal_label: String,
@@ -223,6 +240,10 @@ impl DestinationLoop {
                 &settings.metadata_prefix,
                 settings.resume_read,
             ),
+            tracer: shared
+                .tracer
+                .as_ref()
+                .map(|tracer| tracer.for_destination(target.redacted_url())),
             target,
             script: shared.script.clone(),
             metrics: shared.metrics.clone(),
@@ -466,7 +487,7 @@ impl DestinationLoop {
             .with_label_values(&[label])
             .observe(elapsed.as_secs_f64());
         let now_ms = unix_millis();
-        for (publication, outcome) in call.publications().zip(outcomes) {
+        for (publication, &outcome) in call.publications().zip(&outcomes) {
             let status = match outcome {
                 Outcome::Published => "published",
                 Outcome::Duplicate => "duplicate",
@@ -486,6 +507,14 @@ impl DestinationLoop {
                 self.metrics.end_to_end_latency.observe(latency);
             }
         }
+        if let Some(tracer) = &self.tracer {
+            let messages = call.publications().zip(&outcomes).map(|(p, &outcome)| {
+                let mut message = traced(p);
+                message.duplicate = outcome == Outcome::Duplicate;
+                message
+            });
+            tracer.acknowledged(messages, now_ms, elapsed);
+        }
         self.advance(call.resume);
     }
 
@@ -504,6 +533,16 @@ impl DestinationLoop {
             first_namespace = first.map(|p| p.namespace.as_str()),
             "giving up on publishing to Redis; these changes are lost for this destination"
         );
+        if let Some(tracer) = &self.tracer {
+            let error_type = match error {
+                PublishError::Timeout { .. } => "timeout",
+                PublishError::Redis { .. } => "redis_error",
+                PublishError::UnexpectedReply { .. } => "unexpected_reply",
+                _ => "_OTHER",
+            };
+            let messages = call.publications().map(traced);
+            tracer.failed(messages, unix_millis(), error_type, error.to_string());
+        }
     }
 
     fn advance(&mut self, resume: Option<OplogPosition>) {
@@ -556,6 +595,16 @@ impl DestinationLoop {
             redis = self.target.redacted_url(),
             "could not write the final resume position; a restart will replay (deduplicated) changes"
         );
+    }
+}
+
+/// What a span needs to know about `publication`.
+fn traced(publication: &crate::transform::Publication) -> TracedMessage<'_> {
+    TracedMessage {
+        namespace: &publication.namespace,
+        wall_ms: publication.wall_ms,
+        duplicate: false,
+        id: (publication.origin.as_u64(), publication.tx_index),
     }
 }
 

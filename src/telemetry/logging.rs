@@ -7,12 +7,12 @@
 //! mode, e.g. `RUST_LOG=info,redtail::publish=trace`.
 
 use tracing::Subscriber;
-use tracing_subscriber::Layer;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 /// The variable that overrides the level filter.
 pub const FILTER_VARIABLE: &str = "RUST_LOG";
@@ -66,13 +66,26 @@ impl LogStyle {
 }
 
 /// Installs the global subscriber with just the logging layer.
-///
-/// Use [`layer`] instead when other layers (OpenTelemetry) must share the
-/// subscriber.
 pub fn init_logging(debug: bool, quiet: bool) -> Result<(), LoggingError> {
+    init_logging_with(debug, quiet, None)
+}
+
+/// Installs the global subscriber: the logging layer, plus `extra` (the
+/// OpenTelemetry layer when traces are on) sharing the same span registry.
+/// Each layer keeps its own filter, so `OTR_LOG_QUIET` silences logs without
+/// silencing traces.
+pub fn init_logging_with(
+    debug: bool,
+    quiet: bool,
+    extra: Option<Box<dyn Layer<Registry> + Send + Sync>>,
+) -> Result<(), LoggingError> {
     let rust_log = std::env::var(FILTER_VARIABLE).ok();
-    let logs = layer(LogStyle::from_switches(debug, quiet), rust_log.as_deref())?;
-    tracing_subscriber::registry().with(logs).try_init()?;
+    let mut layers = vec![layer(
+        LogStyle::from_switches(debug, quiet),
+        rust_log.as_deref(),
+    )?];
+    layers.extend(extra);
+    tracing_subscriber::registry().with(layers).try_init()?;
     Ok(())
 }
 

@@ -336,3 +336,47 @@ async fn healthz_and_metrics_answer() {
     assert_eq!(relay.metric(&sample), 1.0);
     assert!(relay.metric(r#"otr_redispub_processed_messages{status="sent"}"#) >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_parallelism_spreads_databases_over_lanes_with_their_own_positions() {
+    let relay = Relay::start("lanes", &[("OTR_WRITE_PARALLELISM", "3")]).await;
+    let mut expected = Vec::new();
+    for n in 0..6 {
+        let db = format!("{}{n}", relay.db);
+        relay
+            .client
+            .database(&db)
+            .collection("T")
+            .insert_one(doc! { "_id": "x" })
+            .await
+            .unwrap();
+        expected.push(format!("{db}.T"));
+    }
+    let ours = || -> Vec<String> {
+        let messages = relay.subscriber.messages().into_iter();
+        let collection_channels = messages.map(|(c, _)| c).filter(|c| !c.contains("::"));
+        collection_channels
+            .filter(|c| c.starts_with(&relay.db))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ours().len() < expected.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut channels = ours();
+    channels.sort();
+    assert_eq!(channels, expected);
+    // Every lane keeps its own oplogtoredis position key, even a lane that
+    // published nothing (it still advances past skipped entries).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for lane in 0..3 {
+        let key = format!("oplogtoredis::lastProcessedEntry.{lane}");
+        while relay.redis.get(&key).unwrap().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -401,7 +401,9 @@ impl Oplog {
         if pos + 1 < first.seq {
             return Err(capped_position_lost(pos));
         }
-        let start = (pos + 1 - first.seq) as usize;
+        let start = usize::try_from(pos + 1 - first.seq)
+            .unwrap_or(usize::MAX)
+            .min(self.entries.len());
         let mut out = Vec::new();
         let mut next = pos;
         for entry in self.entries.range(start..) {
@@ -431,7 +433,9 @@ impl Oplog {
         if pos + 1 < first.seq {
             return Err(capped_position_lost(pos));
         }
-        let start = (pos + 1 - first.seq) as usize;
+        let start = usize::try_from(pos + 1 - first.seq)
+            .unwrap_or(usize::MAX)
+            .min(self.entries.len());
         Ok(self
             .entries
             .range(start..)
@@ -497,6 +501,9 @@ mod tests {
         let (docs, next) = log.read_after(2, 10, |_| true).unwrap();
         assert_eq!(docs.len(), 3);
         assert_eq!(next, 5);
+        let (docs, next) = log.read_after(9, 10, |_| true).unwrap();
+        assert!(docs.is_empty(), "a position past the end reads nothing");
+        assert_eq!(next, 9);
         assert_eq!(
             log.lost_before(),
             Some(Timestamp {

@@ -55,6 +55,7 @@ impl Collection {
         self.docs.values()
     }
 
+    /// Number of documents.
     pub(crate) fn len(&self) -> usize {
         self.docs.len()
     }
@@ -123,10 +124,12 @@ pub(crate) fn split_ns(ns: &str) -> (&str, &str) {
 }
 
 impl Store {
+    /// A collection, if it exists.
     pub(crate) fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {
         self.dbs.get(db)?.get(coll)
     }
 
+    /// A collection to change, if it exists.
     pub(crate) fn collection_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
         self.dbs.get_mut(db)?.get_mut(coll)
     }

@@ -1,0 +1,262 @@
+//! redtail's benchmark (issue 3): `scripts/bench.sh`, or
+//! `cargo run --release --example bench` after `cargo build --release`.
+//!
+//! It measures, in one run on this machine: the pure transform's rate; the
+//! end-to-end rate at saturation and the latency at a fixed rate, through
+//! mongo-sim (in process), the release `redtail` binary and a `redis-server`
+//! of its own; redtail's peak memory; what each message costs Redis and
+//! Mongo; and the ceiling of redtail's Lua script on the same Redis, from
+//! `redis-benchmark`. It prints a table and, last, one JSON line.
+//!
+//! Not part of the test suite: the figures depend on the machine. Knobs
+//! (environment): `REDTAIL_BIN`, `BENCH_WRITES` (saturation writes, default
+//! 50000), `BENCH_RATE` (default 5000/s), `BENCH_LATENCY_SECS` (default 10),
+//! `BENCH_BATCH_SIZES` (default `1,100`).
+
+mod entries;
+mod processes;
+mod relay_run;
+mod report;
+mod script_ceiling;
+mod server_stats;
+mod transform_rate;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mongo_sim::{MongoSim, MongoVersion, SimOptions};
+use redtail::transform::{TransformSettings, Transformer};
+
+use crate::processes::{RedisServer, Redtail};
+use crate::relay_run::RelayEnv;
+use crate::report::{BatchRun, Report};
+
+/// Where redtail's logs of each run go.
+const LOG_DIR: &str = "target/bench";
+
+/// The benchmark's knobs, from the environment.
+struct Knobs {
+    redtail_bin: PathBuf,
+    writes: u64,
+    rate: f64,
+    latency_secs: f64,
+    batch_sizes: Vec<usize>,
+}
+
+impl Knobs {
+    fn from_env() -> Result<Self> {
+        fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+            match std::env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .with_context(|| format!("{name}={value:?} is not a valid number")),
+                Err(_) => Ok(default),
+            }
+        }
+        let batch_sizes = std::env::var("BENCH_BATCH_SIZES").unwrap_or_else(|_| "1,100".to_owned());
+        let knobs = Self {
+            redtail_bin: std::env::var_os("REDTAIL_BIN")
+                .map_or_else(|| PathBuf::from("target/release/redtail"), PathBuf::from),
+            writes: parsed("BENCH_WRITES", 50_000u64)?.clamp(1, 2_000_000),
+            rate: parsed("BENCH_RATE", 5_000f64)?.clamp(1.0, 1_000_000.0),
+            latency_secs: parsed("BENCH_LATENCY_SECS", 10f64)?.clamp(0.1, 120.0),
+            batch_sizes: batch_sizes
+                .split(',')
+                .map(|size| size.trim().parse().ok().filter(|size| *size > 0))
+                .collect::<Option<Vec<usize>>>()
+                .with_context(|| {
+                    format!("BENCH_BATCH_SIZES={batch_sizes:?} is not a list of positive numbers")
+                })?,
+        };
+        if !knobs.redtail_bin.exists() {
+            bail!(
+                "{} not found: run `cargo build --release` first (scripts/bench.sh does)",
+                knobs.redtail_bin.display()
+            );
+        }
+        Ok(knobs)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let knobs = Knobs::from_env()?;
+    let started = Instant::now();
+    let mut report = Report::default();
+
+    eprintln!("bench: 1/4 transform");
+    report.transform = tokio::task::block_in_place(measure_transform)?;
+
+    eprintln!("bench: starting redis-server and mongo-sim (7.0)");
+    let redis = RedisServer::start()?;
+    let sim = MongoSim::start(SimOptions {
+        version: MongoVersion::V7_0,
+        oplog_size_mb: 1024,
+        ..SimOptions::default()
+    })
+    .context("starting mongo-sim")?;
+    let env = RelayEnv {
+        sim: &sim,
+        redis_url: redis.url(),
+        delivery_timeout: Duration::from_secs(60),
+    };
+
+    for (index, &batch_size) in knobs.batch_sizes.iter().enumerate() {
+        eprintln!("bench: 2-3/4 relay runs with OTR_REDIS_BATCH_SIZE={batch_size}");
+        report
+            .runs
+            .push(relay_runs(&knobs, &env, batch_size, index as u32).await?);
+    }
+
+    eprintln!("bench: 4/4 script ceiling with redis-benchmark");
+    report.ceilings = measure_ceilings(&env, redis.port(), &knobs.batch_sizes).await?;
+    report.total = started.elapsed();
+
+    report.print_table();
+    println!("{}", report.json_line());
+    sim.shutdown();
+    Ok(())
+}
+
+/// Figure 1, over the fixtures and over a synthetic insert/update/delete mix.
+fn measure_transform() -> Result<Vec<transform_rate::TransformRate>> {
+    let budget = Duration::from_secs(2);
+    let fixtures = transform_rate::load_fixtures(Path::new("testdata/oplog_entries.json"))?;
+    let mix = entries::synthetic_mix(3_000)
+        .iter()
+        .map(transform_rate::to_raw)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(vec![
+        transform_rate::measure(
+            "fixtures (testdata/oplog_entries.json)",
+            &fixtures,
+            budget,
+            50_000_000,
+        ),
+        transform_rate::measure(
+            "synthetic insert/update-v2/delete",
+            &mix,
+            budget,
+            50_000_000,
+        ),
+    ])
+}
+
+/// Figures 2-5 for one batch size: one redtail process, a saturation run,
+/// then a fixed-rate latency run, then its memory high-water mark.
+async fn relay_runs(
+    knobs: &Knobs,
+    env: &RelayEnv<'_>,
+    batch_size: usize,
+    index: u32,
+) -> Result<BatchRun> {
+    let mut conn = redis::Client::open(env.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    // A fresh Redis state: redtail starts at the end of the oplog instead of
+    // resuming the previous run's position.
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
+    let redtail = tokio::task::block_in_place(|| {
+        Redtail::start(
+            &knobs.redtail_bin,
+            &env.sim.url(),
+            &env.redis_url,
+            &[("OTR_REDIS_BATCH_SIZE", batch_size.to_string())],
+            Path::new(LOG_DIR),
+            Duration::from_secs(30),
+        )
+    })?;
+    let saturation = relay_run::saturation(
+        env,
+        &format!("saturation_b{batch_size}"),
+        100 + index,
+        knobs.writes,
+    )
+    .await?;
+    let latency = relay_run::latency(
+        env,
+        &format!("latency_b{batch_size}"),
+        200 + index,
+        knobs.rate,
+        Duration::from_secs_f64(knobs.latency_secs),
+    )
+    .await?;
+    let (peak_rss_kib, rss_kib) = redtail.memory_kib()?;
+    if let Some(metrics) = redtail.metrics() {
+        let path = Path::new(LOG_DIR).join(format!("metrics-batch{batch_size}.txt"));
+        std::fs::write(&path, metrics).with_context(|| format!("writing {}", path.display()))?;
+    }
+    tokio::task::block_in_place(|| redtail.stop());
+    Ok(BatchRun {
+        batch_size,
+        saturation,
+        latency,
+        peak_rss_kib,
+        rss_kib,
+    })
+}
+
+/// Figure 6: the script ceiling with one publication per call, and with as
+/// many per call as each batch size run above.
+async fn measure_ceilings(
+    env: &RelayEnv<'_>,
+    port: u16,
+    batch_sizes: &[usize],
+) -> Result<Vec<script_ceiling::Ceiling>> {
+    let sha = script_ceiling::load_script(&env.redis_url).await?;
+    // The very message and channels redtail publishes for a benchmark insert.
+    let entry = entries::insert(
+        &format!("{}.ceiling", entries::DATABASE),
+        entries::bench_id(999, 1),
+        1,
+        Some(bson::Timestamp {
+            time: 1,
+            increment: 1,
+        }),
+    );
+    let publication = Transformer::new(TransformSettings::default())
+        .apply(&transform_rate::to_raw(&entry)?)
+        .publications
+        .pop()
+        .context("the transform published nothing for a benchmark insert")?;
+    // A subscriber on the collection channel, as in the relay runs, so each
+    // PUBLISH has the same fan-out to pay for.
+    let mut pubsub = redis::Client::open(env.redis_url.as_str())?
+        .get_async_pubsub()
+        .await?;
+    pubsub.subscribe(&publication.channels[0]).await?;
+    let drain = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut messages = pubsub.into_on_message();
+        while messages.next().await.is_some() {}
+    });
+    let mut sizes: Vec<usize> = batch_sizes.to_vec();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut ceilings = Vec::new();
+    for per_call in sizes {
+        let args = script_ceiling::evalsha_args(&sha, &publication, per_call);
+        // About 200,000 publications each; fewer and unpipelined for big calls.
+        let (requests, pipeline) = if per_call == 1 {
+            (200_000, 16)
+        } else {
+            ((200_000 / per_call as u64).max(1_000), 1)
+        };
+        let ceiling = tokio::task::block_in_place(|| {
+            script_ceiling::run(
+                port,
+                &args,
+                requests,
+                pipeline,
+                per_call,
+                Duration::from_secs(60),
+            )
+        })?;
+        ceilings.push(ceiling);
+    }
+    drain.abort();
+    Ok(ceilings)
+}
