@@ -145,14 +145,13 @@ fn stop_gracefully(child: &mut Child) {
 async fn wait_for_redis(url: &str) -> Result<()> {
     let client = redis::Client::open(url)?;
     for _ in 0..100 {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            if redis::cmd("PING")
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
                 .is_ok()
-            {
-                return Ok(());
-            }
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -7,4 +7,5 @@ scripts/setup.sh
 export MONGO_SIM_PYTHON="$PWD/target/pyenv/bin/python"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/validate-deploy.sh
 cargo test --workspace --locked

@@ -69,6 +69,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let traces_layer = traces.as_ref().map(traces::TracesGuard::layer);
     logging::init_logging_with(config.log_debug, config.log_quiet, traces_layer)
         .context("setting up logging")?;
+    if traces.is_some() {
+        tracing::info!("exporting OpenTelemetry traces over OTLP (OTEL_* variables)");
+    }
     for warning in config.startup_warnings() {
         tracing::warn!("{warning}");
     }
@@ -126,7 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     http_stop.cancel();
     let _ = http_task.await;
     if let Some(traces) = traces {
-        drop(traces);
+        traces.shutdown().await;
     }
     result?;
     tracing::info!("redtail stopped cleanly");

@@ -3,6 +3,7 @@
 //! against the same server in the same run. redtail cannot publish faster
 //! than this; the ratio to it says how much redtail itself costs.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,15 +62,20 @@ pub fn evalsha_args(sha: &str, publication: &Publication, count: usize) -> Vec<S
     args
 }
 
-/// Runs `redis-benchmark` (at most `timeout`) and parses its rate.
+/// Runs `redis-benchmark` (at most `timeout`) and parses its rate. Its
+/// output goes to `output` (a file, so a chatty run can never block on a
+/// full pipe) and stays there for the record.
 pub fn run(
     port: u16,
     args: &[String],
     requests: u64,
     pipeline: u32,
     publications_per_call: usize,
+    output: &Path,
     timeout: Duration,
 ) -> Result<Ceiling> {
+    let file =
+        || std::fs::File::create(output).with_context(|| format!("creating {}", output.display()));
     let mut child = Command::new("redis-benchmark")
         .args([
             "-h",
@@ -84,30 +90,34 @@ pub fn run(
         ])
         .args(["-n", &requests.to_string(), "-P", &pipeline.to_string()])
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(file()?)
+        .stderr(Stdio::null())
         .spawn()
         .context(
             "starting redis-benchmark (Debian package redis-tools; scripts/setup.sh installs it)",
         )?;
     let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
+    let finished = loop {
+        if child.try_wait()?.is_some() {
+            break true;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("redis-benchmark did not finish within {timeout:?}");
+            break false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    let tail = text
+        .get(text.len().saturating_sub(300)..)
+        .unwrap_or("")
+        .trim();
+    if !finished {
+        bail!("redis-benchmark did not finish within {timeout:?}; its output ends with: {tail}");
     }
-    let output = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let calls_per_sec = parse_requests_per_sec(&stdout).with_context(|| {
-        format!(
-            "no rate in redis-benchmark's output: {} {}",
-            stdout.trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )
-    })?;
+    let calls_per_sec = parse_requests_per_sec(&text)
+        .with_context(|| format!("no rate in redis-benchmark's output: {tail}"))?;
     Ok(Ceiling {
         publications_per_call,
         calls_per_sec,

@@ -72,7 +72,7 @@ pub enum TracesError {
 /// What the `OTEL_*` variables ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceExport {
-    /// No export; the reason is logged at start.
+    /// No export, and which variable (or its absence) decided it.
     Off(&'static str),
     /// OTLP over HTTP/protobuf.
     Otlp,
@@ -239,13 +239,12 @@ impl PublishTracer {
     /// already redacted) for `server.address`/`server.port`.
     pub fn for_destination(&self, redacted_url: &str) -> DestinationTracer {
         let mut server = Vec::with_capacity(2);
-        if let Ok(url) = url::Url::parse(redacted_url) {
-            if let Some(host) = url.host_str() {
-                server.push(KeyValue::new("server.address", host.to_owned()));
-                // redis:// and rediss:// both default to 6379.
-                let port = url.port().unwrap_or(6379);
-                server.push(KeyValue::new("server.port", i64::from(port)));
-            }
+        let url = url::Url::parse(redacted_url).ok();
+        if let Some(host) = url.as_ref().and_then(|url| url.host_str()) {
+            server.push(KeyValue::new("server.address", host.to_owned()));
+            // redis:// and rediss:// both default to 6379.
+            let port = url.as_ref().and_then(url::Url::port).unwrap_or(6379);
+            server.push(KeyValue::new("server.port", i64::from(port)));
         }
         DestinationTracer {
             tracer: self.tracer.clone(),

@@ -10,3 +10,4 @@ mod faults;
 mod http;
 mod publish;
 mod relay;
+mod traces;

@@ -290,11 +290,14 @@ async fn a_call_given_up_on_ends_its_span_with_an_error() -> Result<()> {
     Ok(())
 }
 
+/// What the collector received: path, content type, body.
+type Received = Vec<(String, String, Vec<u8>)>;
+
 /// A minimal OTLP/HTTP collector: records every request's path, content type
 /// and body, answers 200. Enough to see what the real binary exports.
 struct OtlpCollector {
     port: u16,
-    requests: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    requests: Arc<Mutex<Received>>,
 }
 
 impl OtlpCollector {
@@ -316,13 +319,13 @@ impl OtlpCollector {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn requests(&self) -> Vec<(String, String, Vec<u8>)> {
+    fn requests(&self) -> Received {
         self.requests.lock().unwrap().clone()
     }
 }
 
 /// Serves keep-alive requests on one connection until it closes (bounded).
-fn serve_connection(stream: TcpStream, sink: &Mutex<Vec<(String, String, Vec<u8>)>>) {
+fn serve_connection(stream: TcpStream, sink: &Mutex<Received>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = stream.try_clone() else {
         return;

@@ -198,6 +198,71 @@ pub(crate) fn format_noop(version: MongoVersion, ts: Timestamp, wall: DateTime) 
     format_entry(version, &record, ts, wall, None)
 }
 
+/// The size of a document's BSON encoding, computed without encoding it
+/// (appends must stay cheap: the capped oplog needs every entry's size).
+pub(crate) fn encoded_size(doc: &Document) -> usize {
+    // int32 length + elements + trailing NUL.
+    4 + doc
+        .iter()
+        .map(|(key, value)| element_size(key.len(), value))
+        .sum::<usize>()
+        + 1
+}
+
+fn element_size(key_len: usize, value: &Bson) -> usize {
+    // type byte + key cstring + value.
+    1 + key_len + 1 + value_size(value)
+}
+
+fn string_size(text: &str) -> usize {
+    4 + text.len() + 1
+}
+
+fn value_size(value: &Bson) -> usize {
+    match value {
+        Bson::Double(_) | Bson::DateTime(_) | Bson::Timestamp(_) | Bson::Int64(_) => 8,
+        Bson::Int32(_) => 4,
+        Bson::Boolean(_) => 1,
+        Bson::Null | Bson::Undefined | Bson::MinKey | Bson::MaxKey => 0,
+        Bson::ObjectId(_) => 12,
+        Bson::Decimal128(_) => 16,
+        Bson::String(s) | Bson::Symbol(s) | Bson::JavaScriptCode(s) => string_size(s),
+        Bson::Document(doc) => encoded_size(doc),
+        Bson::Array(items) => {
+            let elements: usize = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| element_size(decimal_len(i), item))
+                .sum();
+            4 + elements + 1
+        }
+        Bson::Binary(bin) => {
+            let old_style = bin.subtype == bson::spec::BinarySubtype::BinaryOld;
+            4 + 1 + bin.bytes.len() + if old_style { 4 } else { 0 }
+        }
+        Bson::RegularExpression(re) => {
+            re.pattern.as_str().len() + 1 + re.options.as_str().len() + 1
+        }
+        Bson::JavaScriptCodeWithScope(code) => {
+            4 + string_size(&code.code) + encoded_size(&code.scope)
+        }
+        Bson::DbPointer(_) => {
+            // Its fields are private to the bson crate: measure by encoding.
+            let wrapped = doc! {"": value.clone()};
+            wrapped.to_vec().map_or(0, |bytes| bytes.len()) - 4 - 1 - 2
+        }
+    }
+}
+
+fn decimal_len(mut n: usize) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
 /// Pre- and post-images of one change (keyed by clusterTime and the index
 /// inside a transaction).
 #[derive(Debug, Clone, Default)]
@@ -287,7 +352,7 @@ impl Oplog {
         if ts > self.last_ts {
             self.last_ts = ts;
         }
-        let bytes = doc.to_vec().map(|v| v.len()).unwrap_or(0);
+        let bytes = encoded_size(&doc);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.total_bytes += bytes;
@@ -489,7 +554,7 @@ mod tests {
 
     #[test]
     fn capacity_drops_oldest_and_reports_lost_positions() {
-        let size = entry(1).to_vec().unwrap().len();
+        let size = encoded_size(&entry(1));
         let mut log = Oplog::new(size * 3);
         for i in 1..=5 {
             log.push(entry(i));
@@ -511,6 +576,32 @@ mod tests {
                 increment: 3
             })
         );
+    }
+
+    #[test]
+    fn encoded_size_matches_the_encoder() {
+        let fixtures: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../../testdata/oplog_entries.json")).unwrap();
+        let mut checked = 0;
+        for item in fixtures {
+            let Ok(Bson::Document(entry)) = Bson::try_from(item["entry"].clone()) else {
+                panic!("fixture entry is not a document");
+            };
+            assert_eq!(
+                encoded_size(&entry),
+                entry.to_vec().unwrap().len(),
+                "{entry}"
+            );
+            checked += 1;
+        }
+        let odd = doc! {
+            "arr": (0..12).map(Bson::Int32).collect::<Vec<_>>(),
+            "re": bson::Regex { pattern: "^a".try_into().unwrap(), options: "i".try_into().unwrap() },
+            "js": Bson::JavaScriptCodeWithScope(bson::JavaScriptCodeWithScope { code: "x".into(), scope: doc! {"a": 1} }),
+            "nil": null, "max": Bson::MaxKey, "d": 1.5, "old": bson::Binary { subtype: bson::spec::BinarySubtype::BinaryOld, bytes: vec![1, 2] },
+        };
+        assert_eq!(encoded_size(&odd), odd.to_vec().unwrap().len());
+        assert!(checked > 40);
     }
 
     #[test]
