@@ -10,7 +10,7 @@
 //!
 //! Not part of the test suite: the figures depend on the machine. Knobs
 //! (environment): `REDTAIL_BIN`, `BENCH_WRITES` (saturation writes, default
-//! 50000), `BENCH_RATE` (default 5000/s), `BENCH_LATENCY_SECS` (default 10),
+//! 200000), `BENCH_RATE` (default 5000/s), `BENCH_LATENCY_SECS` (default 10),
 //! `BENCH_BATCH_SIZES` (default `1,100`).
 
 #[path = "bench/entries.rs"]
@@ -67,7 +67,7 @@ impl Knobs {
         let knobs = Self {
             redtail_bin: std::env::var_os("REDTAIL_BIN")
                 .map_or_else(|| PathBuf::from("target/release/redtail"), PathBuf::from),
-            writes: parsed("BENCH_WRITES", 50_000u64)?.clamp(1, 2_000_000),
+            writes: parsed("BENCH_WRITES", 200_000u64)?.clamp(1, 2_000_000),
             rate: parsed("BENCH_RATE", 5_000f64)?.clamp(1.0, 1_000_000.0),
             latency_secs: parsed("BENCH_LATENCY_SECS", 10f64)?.clamp(0.1, 120.0),
             batch_sizes: batch_sizes

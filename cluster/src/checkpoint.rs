@@ -93,15 +93,33 @@ mod tests {
 
     #[test]
     fn text_order_is_position_order() {
-        let positions = [0u64, 9, 10, 1 << 32, (1 << 53) + 1, (1 << 53) + 2, u64::MAX - 1, u64::MAX];
+        let positions = [
+            0u64,
+            9,
+            10,
+            1 << 32,
+            (1 << 53) + 1,
+            (1 << 53) + 2,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
         for pair in positions.windows(2) {
-            assert!(encode_checkpoint(pair[0]) < encode_checkpoint(pair[1]), "{pair:?}");
+            assert!(
+                encode_checkpoint(pair[0]) < encode_checkpoint(pair[1]),
+                "{pair:?}"
+            );
         }
     }
 
     #[test]
     fn malformed_checkpoints_are_refused() {
-        for text in ["", "5299989648942", "0000000529998964894x", "99999999999999999999", " 0000000000000000000"] {
+        for text in [
+            "",
+            "5299989648942",
+            "0000000529998964894x",
+            "99999999999999999999",
+            " 0000000000000000000",
+        ] {
             assert_eq!(decode_checkpoint(text), None, "{text:?}");
         }
     }

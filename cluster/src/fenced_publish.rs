@@ -195,7 +195,10 @@ fn parse_reply(reply: &[i64], items: usize) -> Result<Outcome, String> {
     }
     Ok(Outcome {
         checkpoint_moved: flag(moved)?,
-        published: published.iter().map(|&v| flag(v)).collect::<Result<_, _>>()?,
+        published: published
+            .iter()
+            .map(|&v| flag(v))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -212,7 +215,11 @@ mod tests {
             })
         };
         let cases: [(&[i64], usize, Result<Outcome, ()>); 6] = [
-            (&[1, 1, 0], 2, ok(true, vec![true, false]).map_err(|_: ()| ())),
+            (
+                &[1, 1, 0],
+                2,
+                ok(true, vec![true, false]).map_err(|_: ()| ()),
+            ),
             (&[0], 0, ok(false, vec![])),
             (&[0, 1], 1, ok(false, vec![true])),
             (&[], 0, Err(())),
@@ -220,7 +227,11 @@ mod tests {
             (&[2, 1], 1, Err(())),
         ];
         for (reply, items, expected) in cases {
-            assert_eq!(parse_reply(reply, items).map_err(|_| ()), expected, "{reply:?}");
+            assert_eq!(
+                parse_reply(reply, items).map_err(|_| ()),
+                expected,
+                "{reply:?}"
+            );
         }
     }
 }

@@ -161,8 +161,22 @@ mod tests {
                 "oplogtoredis::{oplogtoredis::s17}:epoch",
                 "oplogtoredis::{oplogtoredis::s17}:checkpoint",
             ),
-            ("", 0, "{s0}:lease", "{s0}:holder", "{s0}:epoch", "{s0}:checkpoint"),
-            ("t.", 63, "t.{t.s63}:lease", "t.{t.s63}:holder", "t.{t.s63}:epoch", "t.{t.s63}:checkpoint"),
+            (
+                "",
+                0,
+                "{s0}:lease",
+                "{s0}:holder",
+                "{s0}:epoch",
+                "{s0}:checkpoint",
+            ),
+            (
+                "t.",
+                63,
+                "t.{t.s63}:lease",
+                "t.{t.s63}:holder",
+                "t.{t.s63}:epoch",
+                "t.{t.s63}:checkpoint",
+            ),
         ];
         for (prefix, shard, lease, holder, epoch, checkpoint) in cases {
             let keys = ClusterKeys::new(prefix).unwrap().shard(ShardId(shard));
@@ -190,15 +204,27 @@ mod tests {
     fn cluster_keys_table() {
         let keys = ClusterKeys::new("oplogtoredis::").unwrap();
         let cases = [
-            (keys.shard_count(), "oplogtoredis::{oplogtoredis::cluster}:shards"),
-            (keys.members(), "oplogtoredis::{oplogtoredis::cluster}:members"),
+            (
+                keys.shard_count(),
+                "oplogtoredis::{oplogtoredis::cluster}:shards",
+            ),
+            (
+                keys.members(),
+                "oplogtoredis::{oplogtoredis::cluster}:members",
+            ),
             (keys.released_channel(), "oplogtoredis::cluster:released"),
-            (keys.membership_channel(), "oplogtoredis::cluster:membership"),
+            (
+                keys.membership_channel(),
+                "oplogtoredis::cluster:membership",
+            ),
             (
                 keys.dedup_key(7301444403200000001, 0),
                 "oplogtoredis::processed::7301444403200000001::0",
             ),
-            (keys.dedup_key(u64::MAX, 3), "oplogtoredis::processed::18446744073709551615::3"),
+            (
+                keys.dedup_key(u64::MAX, 3),
+                "oplogtoredis::processed::18446744073709551615::3",
+            ),
         ];
         for (got, expected) in cases {
             assert_eq!(got, expected);

@@ -232,7 +232,11 @@ impl ShardLease {
     /// Deletes the lease if it still holds our token, and announces the
     /// release on `keys.released_channel()`. `Ok(false)`: it was not ours any
     /// more, nothing was deleted.
-    pub async fn release(&self, conn: &mut impl ConnectionLike, keys: &ClusterKeys) -> Result<bool> {
+    pub async fn release(
+        &self,
+        conn: &mut impl ConnectionLike,
+        keys: &ClusterKeys,
+    ) -> Result<bool> {
         let released: i64 = RELEASE
             .key(&self.keys.lease)
             .key(&self.keys.holder)
@@ -295,11 +299,26 @@ mod tests {
         assert!(LeaseTiming::default().validate().is_ok());
         let base = LeaseTiming::default();
         let bad = [
-            LeaseTiming { demote_after: base.ttl, ..base },
-            LeaseTiming { renew_interval: base.demote_after, ..base },
-            LeaseTiming { renew_interval: Duration::ZERO, ..base },
-            LeaseTiming { poll_interval: Duration::ZERO, ..base },
-            LeaseTiming { renew_jitter: 0.7, ..base },
+            LeaseTiming {
+                demote_after: base.ttl,
+                ..base
+            },
+            LeaseTiming {
+                renew_interval: base.demote_after,
+                ..base
+            },
+            LeaseTiming {
+                renew_interval: Duration::ZERO,
+                ..base
+            },
+            LeaseTiming {
+                poll_interval: Duration::ZERO,
+                ..base
+            },
+            LeaseTiming {
+                renew_jitter: 0.7,
+                ..base
+            },
         ];
         for timing in bad {
             assert!(timing.validate().is_err(), "{timing:?}");

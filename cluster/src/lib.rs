@@ -20,6 +20,8 @@
 //! - [`coordinator`]: the state machine tying them together;
 //! - [`status`]: the cluster as an operator's `/status` view shows it.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod coordinator;
 pub mod error;
@@ -32,8 +34,10 @@ pub mod rendezvous;
 pub mod shard_map;
 pub mod status;
 
-pub use checkpoint::{decode_checkpoint, encode_checkpoint, initialize_checkpoint, read_checkpoint};
-pub use coordinator::{Assignment, Coordinator, CoordinatorSettings};
+pub use checkpoint::{
+    decode_checkpoint, encode_checkpoint, initialize_checkpoint, read_checkpoint,
+};
+pub use coordinator::{Assignment, Coordinator, CoordinatorSettings, ShardReleaser};
 pub use error::{ClusterError, FenceError};
 pub use fenced_publish::{FencedPublisher, Outcome, PublishItem};
 pub use keys::{ClusterKeys, ShardKeys};

@@ -19,9 +19,19 @@ impl MemberId {
         let name: String = name
             .trim()
             .chars()
-            .map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c })
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
-        let name = if name.is_empty() { "redtail".to_string() } else { name };
+        let name = if name.is_empty() {
+            "redtail".to_string()
+        } else {
+            name
+        };
         Self(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
     }
 

@@ -123,7 +123,10 @@ pub async fn live_members(
         .invoke_async(conn)
         .await
         .map_err(|e| ClusterError::redis("listing live members", e))?;
-    let mut members: Vec<MemberId> = ids.iter().filter_map(|id| MemberId::from_stored(id)).collect();
+    let mut members: Vec<MemberId> = ids
+        .iter()
+        .filter_map(|id| MemberId::from_stored(id))
+        .collect();
     members.sort();
     Ok(members)
 }

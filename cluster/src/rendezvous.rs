@@ -52,7 +52,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn members(names: &[&str]) -> Vec<MemberId> {
-        names.iter().map(|n| MemberId::from_stored(n).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| MemberId::from_stored(n).unwrap())
+            .collect()
     }
 
     fn leaders(shards: u16, members: &[MemberId]) -> Vec<MemberId> {
@@ -77,9 +80,16 @@ mod tests {
     #[test]
     fn shards_balance_over_members() {
         // (members, shards, minimum and maximum leaders per member)
-        let cases = [(3usize, 64u16, 12usize, 32usize), (5, 64, 6, 22), (2, 64, 20, 44)];
+        // Bounds are about 3.5 standard deviations of a fair (binomial) split.
+        let cases = [
+            (3usize, 64u16, 8usize, 35usize),
+            (5, 64, 3, 24),
+            (2, 64, 18, 46),
+        ];
         for (count, shards, low, high) in cases {
-            let names: Vec<String> = (0..count).map(|i| format!("pod-{i}-{}", i * 7919)).collect();
+            let names: Vec<String> = (0..count)
+                .map(|i| format!("pod-{i}-{}", i * 7919))
+                .collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let ms = members(&refs);
             let mut per_member: BTreeMap<MemberId, usize> = BTreeMap::new();
@@ -88,9 +98,45 @@ mod tests {
             }
             assert_eq!(per_member.len(), count, "every member leads something");
             for (member, led) in per_member {
-                assert!((low..=high).contains(&led), "{count} members: {member} leads {led}");
+                assert!(
+                    (low..=high).contains(&led),
+                    "{count} members: {member} leads {led}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn load_spread_matches_a_fair_random_assignment() {
+        // Over many member sets, the variance of the number of shards each
+        // member leads must match a fair split's, 64 * p * (1 - p) with
+        // p = 1/5: a biased or correlated weight shows up as a larger one.
+        let (sets, size, shards) = (400u128, 5usize, 64u16);
+        let mut squares = 0.0;
+        for set in 0..sets {
+            let ms: Vec<MemberId> = (0..size as u128)
+                .map(|i| {
+                    let uuid =
+                        uuid::Uuid::from_u128((set * 31 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    MemberId::from_stored(&format!("pod-{i}-{}", uuid.simple())).unwrap()
+                })
+                .collect();
+            let mut counts = vec![0usize; size];
+            for leader in leaders(shards, &ms) {
+                counts[ms.iter().position(|m| *m == leader).unwrap()] += 1;
+            }
+            let mean = f64::from(shards) / size as f64;
+            squares += counts
+                .iter()
+                .map(|&c| (c as f64 - mean).powi(2))
+                .sum::<f64>();
+        }
+        let variance = squares / (sets as f64 * size as f64);
+        let fair = f64::from(shards) * 0.2 * 0.8;
+        assert!(
+            (fair * 0.8..=fair * 1.2).contains(&variance),
+            "variance {variance}, fair {fair}"
+        );
     }
 
     #[test]
@@ -102,7 +148,10 @@ mod tests {
             let after = leaders(64, &rest);
             for shard in 0..64 {
                 if before[shard] != all[gone] {
-                    assert_eq!(before[shard], after[shard], "shard {shard} moved needlessly");
+                    assert_eq!(
+                        before[shard], after[shard],
+                        "shard {shard} moved needlessly"
+                    );
                 } else {
                     // The old rank 2 (the warm standby) takes over.
                     assert_eq!(after[shard], rank(ShardId(shard as u16), &all)[1]);
@@ -125,7 +174,10 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((8..=28).contains(&moved), "{moved} shards moved to the newcomer");
+        assert!(
+            (8..=28).contains(&moved),
+            "{moved} shards moved to the newcomer"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub async fn cluster_status(
     pipe.cmd("TIME");
     for shard in map.all() {
         let k = keys.shard(shard);
-        pipe.cmd("MGET").arg(k.lease).arg(k.holder).arg(k.checkpoint);
+        pipe.cmd("MGET")
+            .arg(k.lease)
+            .arg(k.holder)
+            .arg(k.checkpoint);
     }
     let (time, rows): ((u64, u64), Vec<Vec<Option<String>>>) = {
         let mut replies: Vec<redis::Value> = pipe
@@ -60,10 +63,15 @@ pub async fn cluster_status(
             .await
             .map_err(|e| ClusterError::redis("reading the cluster status", e))?;
         if replies.len() != usize::from(map.shards()) + 1 {
-            return Err(ClusterError::reply("reading the cluster status", "short pipeline reply"));
+            return Err(ClusterError::reply(
+                "reading the cluster status",
+                "short pipeline reply",
+            ));
         }
         let rows = replies.split_off(1);
-        let parse = |e: redis::ParsingError| ClusterError::reply("reading the cluster status", e.to_string());
+        let parse = |e: redis::ParsingError| {
+            ClusterError::reply("reading the cluster status", e.to_string())
+        };
         let time: (u64, u64) = redis::from_redis_value(replies.remove(0)).map_err(parse)?;
         let rows = rows
             .into_iter()
@@ -87,12 +95,18 @@ fn shard_status(
 ) -> ShardStatus {
     let field = |i: usize| row.get(i).cloned().flatten();
     let token = field(0).as_deref().and_then(LeaseToken::parse);
-    let leader = field(0).and(field(1)).as_deref().and_then(MemberId::from_stored);
+    let leader = field(0)
+        .and(field(1))
+        .as_deref()
+        .and_then(MemberId::from_stored);
     let ranking = rank(shard, members);
     let checkpoint = field(2).as_deref().and_then(decode_checkpoint);
     ShardStatus {
         shard,
-        standby: ranking.iter().find(|m| Some(*m) != leader.as_ref()).cloned(),
+        standby: ranking
+            .iter()
+            .find(|m| Some(*m) != leader.as_ref())
+            .cloned(),
         preferred: ranking.first().cloned(),
         leader,
         epoch: token.map(|t| t.epoch),
@@ -118,7 +132,11 @@ mod tests {
         let cases = [
             // Led by the preferred member, with a checkpoint 500 s old.
             (
-                vec![s("3:u"), Some(order[0].to_string()), s(&format!("{position:020}"))],
+                vec![
+                    s("3:u"),
+                    Some(order[0].to_string()),
+                    s(&format!("{position:020}")),
+                ],
                 Some(order[0].clone()),
                 Some(3),
                 Some(order[1].clone()),
@@ -133,7 +151,13 @@ mod tests {
                 None,
             ),
             // Nobody leads: the standby is simply the best-ranked member.
-            (vec![None, None, None], None, None, Some(order[0].clone()), None),
+            (
+                vec![None, None, None],
+                None,
+                None,
+                Some(order[0].clone()),
+                None,
+            ),
         ];
         for (row, leader, epoch, standby, age) in cases {
             let status = shard_status(shard, &row, &members, 1_500);

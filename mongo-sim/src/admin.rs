@@ -115,7 +115,9 @@ pub(crate) fn parse(name: &str, command: &Document) -> Result<AdminCommand, Comm
         }
         "mongoSimOplogCapacity" => match number(value) {
             Some(bytes) if bytes >= 1.0 => Ok(AdminCommand::OplogCapacity(bytes as usize)),
-            _ => Err(bad_value("mongoSimOplogCapacity takes a positive byte count")),
+            _ => Err(bad_value(
+                "mongoSimOplogCapacity takes a positive byte count",
+            )),
         },
         "mongoSimAppendOplog" => {
             let entries = match value {
@@ -127,7 +129,11 @@ pub(crate) fn parse(name: &str, command: &Document) -> Result<AdminCommand, Comm
                         _ => Err(bad_value("mongoSimAppendOplog entries must be documents")),
                     })
                     .collect::<Result<_, _>>()?,
-                _ => return Err(bad_value("mongoSimAppendOplog takes a document or an array")),
+                _ => {
+                    return Err(bad_value(
+                        "mongoSimAppendOplog takes a document or an array",
+                    ));
+                }
             };
             Ok(AdminCommand::AppendOplog(entries))
         }
@@ -174,7 +180,10 @@ mod tests {
                 doc! {"mongoSimFault": "truncateOplog", "keep": 3},
                 AdminCommand::Fault(FaultAction::TruncateOplog { keep: 3 }),
             ),
-            (doc! {"mongoSimFault": "clear"}, AdminCommand::Fault(FaultAction::Clear)),
+            (
+                doc! {"mongoSimFault": "clear"},
+                AdminCommand::Fault(FaultAction::Clear),
+            ),
             (
                 doc! {"mongoSimOplogCapacity": 4096},
                 AdminCommand::OplogCapacity(4096),

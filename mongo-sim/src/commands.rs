@@ -90,7 +90,10 @@ pub(crate) async fn execute(
         "connectionStatus" => doc! {
             "authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}
         },
-        "endSessions" | "refreshSessions" | "killSessions" | "killAllSessions"
+        "endSessions"
+        | "refreshSessions"
+        | "killSessions"
+        | "killAllSessions"
         | "killAllSessionsByPattern" => Document::new(),
         "killCursors" => kill_cursors(ctx, &command)?,
         "getMore" => return get_more(ctx, &command).await,
@@ -148,7 +151,10 @@ fn build_info(ctx: &ServerContext) -> Document {
 
 fn feature_compatibility_version(ctx: &ServerContext) -> String {
     let version = ctx.identity.version.version_string();
-    version.rsplit_once('.').map_or(version, |(major_minor, _)| major_minor).to_owned()
+    version
+        .rsplit_once('.')
+        .map_or(version, |(major_minor, _)| major_minor)
+        .to_owned()
 }
 
 fn get_parameter(ctx: &ServerContext) -> Document {
@@ -231,7 +237,11 @@ fn run_admin(
     command: &Document,
 ) -> Result<Document, CommandError> {
     if db != "admin" {
-        return Err(error(13, "Unauthorized", format!("{name} may only be run against the admin database")));
+        return Err(error(
+            13,
+            "Unauthorized",
+            format!("{name} may only be run against the admin database"),
+        ));
     }
     let reply = match admin::parse(name, command)? {
         AdminCommand::Fault(action) => {
@@ -598,7 +608,12 @@ mod tests {
         assert_eq!(batch_size(Some(&Bson::Int32(0)), 101).unwrap(), 0);
         assert_eq!(batch_size(Some(&Bson::Int64(7)), 101).unwrap(), 7);
         assert_eq!(batch_size(Some(&Bson::Int32(-1)), 101).unwrap_err().code, 2);
-        assert_eq!(batch_size(Some(&Bson::Boolean(true)), 101).unwrap_err().code, 2);
+        assert_eq!(
+            batch_size(Some(&Bson::Boolean(true)), 101)
+                .unwrap_err()
+                .code,
+            2
+        );
     }
 
     #[test]
@@ -606,13 +621,17 @@ mod tests {
         let write = not_writable_primary(&doc! {"insert": "c", "txnNumber": 1_i64});
         assert_eq!(write.code, 10107);
         assert_eq!(write.labels, vec!["RetryableWriteError".to_owned()]);
-        let in_txn = not_writable_primary(&doc! {"insert": "c", "txnNumber": 1_i64, "autocommit": false});
+        let in_txn =
+            not_writable_primary(&doc! {"insert": "c", "txnNumber": 1_i64, "autocommit": false});
         assert!(in_txn.labels.is_empty());
         let read = not_writable_primary(&doc! {"find": "c"});
         assert!(read.labels.is_empty());
         let interrupted = interrupted_by_step_down();
         assert_eq!(interrupted.code, 11602);
-        assert_eq!(interrupted.labels, vec!["ResumableChangeStreamError".to_owned()]);
+        assert_eq!(
+            interrupted.labels,
+            vec!["ResumableChangeStreamError".to_owned()]
+        );
     }
 
     #[test]

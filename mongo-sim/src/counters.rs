@@ -145,12 +145,36 @@ mod tests {
         assert_eq!(snap.command("find"), 2);
         assert_eq!(snap.command("getMore"), 1);
         assert_eq!(snap.command("insert"), 0);
-        assert_eq!(snap.oplog_tail, Traffic { documents: 4, bytes: 350 });
-        assert_eq!(snap.change_stream, Traffic { documents: 2, bytes: 10 });
+        assert_eq!(
+            snap.oplog_tail,
+            Traffic {
+                documents: 4,
+                bytes: 350
+            }
+        );
+        assert_eq!(
+            snap.change_stream,
+            Traffic {
+                documents: 2,
+                bytes: 10
+            }
+        );
         assert_eq!(snap.other, Traffic::default());
         let doc = snap.to_document();
-        assert_eq!(doc.get_document("commands").unwrap().get_i64("find").unwrap(), 2);
-        assert_eq!(doc.get_document("oplogTail").unwrap().get_i64("bytes").unwrap(), 350);
+        assert_eq!(
+            doc.get_document("commands")
+                .unwrap()
+                .get_i64("find")
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            doc.get_document("oplogTail")
+                .unwrap()
+                .get_i64("bytes")
+                .unwrap(),
+            350
+        );
 
         counters.reset();
         assert_eq!(counters.snapshot(), CountersSnapshot::default());

@@ -136,7 +136,9 @@ impl Faults {
 
     /// When a request arriving now may be served, if a pause is in force.
     pub(crate) fn paused_until(&self) -> Option<Instant> {
-        self.timed().paused_until.filter(|until| Instant::now() < *until)
+        self.timed()
+            .paused_until
+            .filter(|until| Instant::now() < *until)
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -198,7 +200,10 @@ mod tests {
         f.clear();
         assert!(f.is_primary());
         assert_eq!(f.latency(), Duration::ZERO);
-        assert!(state.has_changed().unwrap(), "clearing a step-down is a state change");
+        assert!(
+            state.has_changed().unwrap(),
+            "clearing a step-down is a state change"
+        );
 
         let close = f.close_signal();
         assert!(!close.has_changed().unwrap());

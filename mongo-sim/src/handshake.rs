@@ -157,7 +157,10 @@ mod tests {
             assert!(!reply.contains_key("compression"));
             let last_write = reply.get_document("lastWrite").unwrap();
             assert_eq!(
-                last_write.get_datetime("lastWriteDate").unwrap().timestamp_millis(),
+                last_write
+                    .get_datetime("lastWriteDate")
+                    .unwrap()
+                    .timestamp_millis(),
                 1_700_000_000_000
             );
         }

@@ -104,12 +104,13 @@ impl MongoSim {
     /// accepted (the listening socket exists; the accept loop picks them up).
     /// Works from sync and async code alike: it never blocks on the runtime.
     pub fn start(options: SimOptions) -> Result<MongoSim, SimError> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", options.port)).map_err(|source| {
-            SimError::Bind {
-                port: options.port,
-                source,
-            }
-        })?;
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", options.port)).map_err(|source| {
+                SimError::Bind {
+                    port: options.port,
+                    source,
+                }
+            })?;
         let bind_error = |source| SimError::Bind {
             port: options.port,
             source,
@@ -176,7 +177,10 @@ impl MongoSim {
     /// `mongodb://127.0.0.1:<port>/?directConnection=true`: clients talk to
     /// this server whatever its state.
     pub fn direct_url(&self) -> String {
-        format!("mongodb://{}/?directConnection=true", self.ctx.identity.host)
+        format!(
+            "mongodb://{}/?directConnection=true",
+            self.ctx.identity.host
+        )
     }
 
     /// The storage engine, for direct inspection and raw oplog appends.
@@ -366,7 +370,9 @@ async fn handle_request(
                 None => Err(CommandError {
                     code: 352,
                     code_name: "UnsupportedOpQueryCommand",
-                    message: format!("OP_QUERY is only supported for commands, not on {collection}"),
+                    message: format!(
+                        "OP_QUERY is only supported for commands, not on {collection}"
+                    ),
                     labels: Vec::new(),
                 }),
             };
@@ -418,7 +424,10 @@ mod tests {
         let port = sim.port();
         assert_ne!(port, 0);
         assert_eq!(sim.host(), format!("127.0.0.1:{port}"));
-        assert_eq!(sim.url(), format!("mongodb://127.0.0.1:{port}/?replicaSet=setA"));
+        assert_eq!(
+            sim.url(),
+            format!("mongodb://127.0.0.1:{port}/?replicaSet=setA")
+        );
         assert_eq!(
             sim.direct_url(),
             format!("mongodb://127.0.0.1:{port}/?directConnection=true")

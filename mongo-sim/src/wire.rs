@@ -348,7 +348,12 @@ mod tests {
         let docs = [doc! {"_id": 1}, doc! {"_id": 2}];
         let merged = doc! {"insert": "c", "$db": "test", "documents": [{"_id": 1}, {"_id": 2}]};
         let cases: Vec<(&str, Vec<u8>, Document, bool)> = vec![
-            ("kind 0 only", op_msg(0, &[kind0(&insert)], false), insert.clone(), false),
+            (
+                "kind 0 only",
+                op_msg(0, &[kind0(&insert)], false),
+                insert.clone(),
+                false,
+            ),
             (
                 "kind 1 merged",
                 op_msg(0, &[kind0(&insert), kind1("documents", &docs)], false),
@@ -397,7 +402,10 @@ mod tests {
         let mut bad_crc = op_msg(1, &[kind0(&ping)], true);
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
-        assert!(matches!(verify_checksum(&bad_crc), Err(WireError::Checksum)));
+        assert!(matches!(
+            verify_checksum(&bad_crc),
+            Err(WireError::Checksum)
+        ));
 
         let two_bodies = op_msg(0, &[kind0(&ping), kind0(&ping)], false);
         assert!(matches!(
@@ -405,10 +413,16 @@ mod tests {
             Err(WireError::Malformed { .. })
         ));
         let no_body = op_msg(0, &[], false);
-        assert!(matches!(parse_request(&no_body), Err(WireError::Malformed { .. })));
+        assert!(matches!(
+            parse_request(&no_body),
+            Err(WireError::Malformed { .. })
+        ));
         let mut wrong_len = op_msg(0, &[kind0(&ping)], false);
         wrong_len.push(0);
-        assert!(matches!(parse_request(&wrong_len), Err(WireError::BadLength(_))));
+        assert!(matches!(
+            parse_request(&wrong_len),
+            Err(WireError::BadLength(_))
+        ));
         let mut compressed = op_msg(0, &[kind0(&ping)], false);
         compressed[12..16].copy_from_slice(&OP_COMPRESSED.to_le_bytes());
         assert!(matches!(

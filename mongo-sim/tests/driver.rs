@@ -258,7 +258,7 @@ async fn every_supported_version_handshakes() -> Result<()> {
         coll.insert_one(doc! {"_id": 1}).await?;
         let found: Vec<Document> = coll.find(doc! {}).await?.try_collect().await?;
         assert_eq!(found, vec![doc! {"_id": 1}]);
-        }
+    }
     Ok(())
 }
 
@@ -354,7 +354,11 @@ async fn await_data_get_more_waits_for_max_time_and_keeps_the_id() -> Result<()>
     let cursor = reply.get_document("cursor")?;
     let id = cursor.get_i64("id")?;
     assert_ne!(id, 0);
-    assert_eq!(cursor.get_array("firstBatch")?.len(), 1, "$gte includes the entry");
+    assert_eq!(
+        cursor.get_array("firstBatch")?.len(),
+        1,
+        "$gte includes the entry"
+    );
 
     for wait_ms in [300_i64, 600] {
         let started = Instant::now();
@@ -397,7 +401,10 @@ async fn await_data_get_more_waits_for_max_time_and_keeps_the_id() -> Result<()>
         .run_command(doc! {"getMore": id, "collection": "oplog.rs"})
         .await
         .expect_err("killed cursor");
-    assert!(err.to_string().contains("43") || err.to_string().contains("CursorNotFound"), "{err}");
+    assert!(
+        err.to_string().contains("43") || err.to_string().contains("CursorNotFound"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -421,7 +428,10 @@ async fn zero_batch_size_first_batches() -> Result<()> {
     let more = local
         .run_command(doc! {"getMore": id, "collection": "oplog.rs", "maxTimeMS": 100})
         .await?;
-    assert_eq!(more.get_document("cursor")?.get_array("nextBatch")?.len(), 1);
+    assert_eq!(
+        more.get_document("cursor")?.get_array("nextBatch")?.len(),
+        1
+    );
 
     let reply = client
         .database(NS_DB)
@@ -430,7 +440,10 @@ async fn zero_batch_size_first_batches() -> Result<()> {
         })
         .await?;
     let cursor = reply.get_document("cursor")?;
-    assert!(cursor.get_document("postBatchResumeToken").is_ok(), "{reply}");
+    assert!(
+        cursor.get_document("postBatchResumeToken").is_ok(),
+        "{reply}"
+    );
     assert!(cursor.get_array("firstBatch")?.is_empty());
     assert!(reply.get_timestamp("operationTime").is_ok());
     Ok(())
@@ -469,12 +482,17 @@ async fn database_and_cluster_streams() -> Result<()> {
     let sim = start();
     let client = client(&sim.url()).await?;
     let db = client.database(NS_DB);
-    let mut db_stream = db.watch().max_await_time(Duration::from_millis(200)).await?;
+    let mut db_stream = db
+        .watch()
+        .max_await_time(Duration::from_millis(200))
+        .await?;
     let mut cluster_stream = client
         .watch()
         .max_await_time(Duration::from_millis(200))
         .await?;
-    db.collection::<Document>("a").insert_one(doc! {"_id": 1}).await?;
+    db.collection::<Document>("a")
+        .insert_one(doc! {"_id": 1})
+        .await?;
     client
         .database("other")
         .collection::<Document>("b")
@@ -487,7 +505,10 @@ async fn database_and_cluster_streams() -> Result<()> {
         let event = timeout(TEST_TIMEOUT, cluster_stream.next_if_any_loop()).await??;
         cluster_dbs.insert(event.ns.context("ns")?.db);
     }
-    assert_eq!(cluster_dbs, BTreeSet::from(["other".to_owned(), NS_DB.to_owned()]));
+    assert_eq!(
+        cluster_dbs,
+        BTreeSet::from(["other".to_owned(), NS_DB.to_owned()])
+    );
     Ok(())
 }
 
@@ -499,7 +520,9 @@ trait NextEvent {
 }
 
 impl NextEvent
-    for mongodb::change_stream::ChangeStream<mongodb::change_stream::event::ChangeStreamEvent<Document>>
+    for mongodb::change_stream::ChangeStream<
+        mongodb::change_stream::event::ChangeStreamEvent<Document>,
+    >
 {
     async fn next_if_any_loop(
         &mut self,
@@ -551,38 +574,64 @@ async fn survives(fault: Fault) -> Result<(Tailed, Followed)> {
         .await?;
 
     let tail_client = self::client(&sim.url()).await?;
-    let tailer = tokio::spawn(async move {
-        tail_oplog(&tail_client, "test.faulty", from, 40).await
-    });
+    let tailer =
+        tokio::spawn(async move { tail_oplog(&tail_client, "test.faulty", from, 40).await });
     let follow_client = self::client(&sim.url()).await?;
-    let follower = tokio::spawn(async move {
-        follow_stream(&follow_client, coll_name, stream, 40).await
-    });
+    let follower =
+        tokio::spawn(async move { follow_stream(&follow_client, coll_name, stream, 40).await });
 
-    write_ids(client.clone(), coll_name, (1..=20).collect(), Duration::from_millis(5)).await?;
+    write_ids(
+        client.clone(),
+        coll_name,
+        (1..=20).collect(),
+        Duration::from_millis(5),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     inject(&sim, fault);
-    write_ids(client.clone(), coll_name, (21..=40).collect(), Duration::from_millis(5)).await?;
+    write_ids(
+        client.clone(),
+        coll_name,
+        (21..=40).collect(),
+        Duration::from_millis(5),
+    )
+    .await?;
 
     let tailed = timeout(TEST_TIMEOUT, tailer).await???;
     let followed = timeout(TEST_TIMEOUT, follower).await???;
     let expected: Vec<i32> = (1..=40).collect();
     assert_exactly(&tailed.ids, &expected, &format!("tailer through {fault:?}"));
-    assert_exactly(&followed.ids, &expected, &format!("stream through {fault:?}"));
+    assert_exactly(
+        &followed.ids,
+        &expected,
+        &format!("stream through {fault:?}"),
+    );
     sim.faults().clear();
-    eprintln!("{fault:?}: tailer restarts {} errors {:?}; stream reopens {} errors {:?}", tailed.restarts, tailed.errors, followed.reopens, followed.errors);
+    eprintln!(
+        "{fault:?}: tailer restarts {} errors {:?}; stream reopens {} errors {:?}",
+        tailed.restarts, tailed.errors, followed.reopens, followed.errors
+    );
     Ok((tailed, followed))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_step_down() -> Result<()> {
     let (tailed, followed) = survives(Fault::StepDown).await?;
-    assert!(tailed.restarts >= 1, "the step-down must break the tailer: {tailed:?}");
     assert!(
-        tailed.errors.iter().any(|e| e.contains("11602") || e.contains("10107")),
+        tailed.restarts >= 1,
+        "the step-down must break the tailer: {tailed:?}"
+    );
+    assert!(
+        tailed
+            .errors
+            .iter()
+            .any(|e| e.contains("11602") || e.contains("10107")),
         "{tailed:?}"
     );
-    assert_eq!(followed.reopens, 0, "the driver resumes by itself: {followed:?}");
+    assert_eq!(
+        followed.reopens, 0,
+        "the driver resumes by itself: {followed:?}"
+    );
     Ok(())
 }
 
@@ -590,7 +639,10 @@ async fn survives_step_down() -> Result<()> {
 async fn survives_closed_connections() -> Result<()> {
     let (tailed, followed) = survives(Fault::CloseConnections).await?;
     assert!(tailed.restarts >= 1, "{tailed:?}");
-    assert_eq!(followed.reopens, 0, "the driver resumes by itself: {followed:?}");
+    assert_eq!(
+        followed.reopens, 0,
+        "the driver resumes by itself: {followed:?}"
+    );
     Ok(())
 }
 
@@ -649,7 +701,10 @@ async fn step_down_is_visible_and_ends() -> Result<()> {
         .insert_one(doc! {"_id": 1})
         .await
         .expect_err("writes fail on a secondary");
-    assert!(err.to_string().contains("10107") || err.to_string().contains("NotWritablePrimary"), "{err}");
+    assert!(
+        err.to_string().contains("10107") || err.to_string().contains("NotWritablePrimary"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let hello = admin.run_command(doc! {"hello": 1}).await?;
     assert!(hello.get_bool("isWritablePrimary")?);
@@ -713,14 +768,20 @@ async fn admin_commands_append_and_count() -> Result<()> {
     let commands = counters.get_document("commands")?;
     assert!(commands.get_i64("mongoSimAppendOplog")? >= 1);
     let after = sim.counters().snapshot();
-    assert!(after.command("mongoSimAppendOplog") == 0, "reset: {after:?}");
+    assert!(
+        after.command("mongoSimAppendOplog") == 0,
+        "reset: {after:?}"
+    );
 
     let err = client
         .database(NS_DB)
         .run_command(doc! {"mongoSimFault": "clear"})
         .await
         .expect_err("admin only");
-    assert!(err.to_string().contains("Unauthorized") || err.to_string().contains("13"), "{err}");
+    assert!(
+        err.to_string().contains("Unauthorized") || err.to_string().contains("13"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -763,11 +824,16 @@ async fn binary_prints_one_ready_line_and_serves() -> Result<()> {
             .recv_timeout(Duration::from_secs(30))
             .context("no ready line")?
             .context("stdout closed")??;
-        let url = line.strip_prefix("ready ").context("line starts with ready")?;
+        let url = line
+            .strip_prefix("ready ")
+            .context("line starts with ready")?;
         assert!(url.starts_with("mongodb://127.0.0.1:"), "{line}");
         assert!(url.ends_with("/?replicaSet=rsX"), "{line}");
         let client = client(url).await?;
-        let hello = client.database("admin").run_command(doc! {"hello": 1}).await?;
+        let hello = client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await?;
         assert_eq!(hello.get_i32("maxWireVersion")?, 13);
         assert_eq!(hello.get_str("setName")?, "rsX");
         assert!(

@@ -54,7 +54,10 @@ fn python_with_pymongo() -> PathBuf {
         Command::new(venv.join("bin/pip")).args(["install", "--quiet", "pymongo"]),
         "pip install pymongo",
     );
-    assert!(has_pymongo(&python), "pymongo still not importable after pip install");
+    assert!(
+        has_pymongo(&python),
+        "pymongo still not importable after pip install"
+    );
     python
 }
 
@@ -84,7 +87,10 @@ fn pymongo_writes_tails_and_watches() {
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
         .expect("read stdout");
-    assert!(status.success(), "PyMongo script failed ({status}); stdout: {stdout}");
+    assert!(
+        status.success(),
+        "PyMongo script failed ({status}); stdout: {stdout}"
+    );
     assert!(stdout.contains("pymongo ok"), "stdout: {stdout}");
     let counters = sim.counters().snapshot();
     assert!(counters.command("isMaster") + counters.command("hello") >= 1);
