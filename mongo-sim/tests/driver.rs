@@ -54,7 +54,7 @@ async fn write_ids(client: Client, coll: &str, ids: Vec<i32>, pace: Duration) ->
                     break;
                 }
                 Err(e) if Instant::now() < deadline => {
-                    tracing_free_log(&format!("insert {id} failed, retrying: {e}"));
+                    note(&format!("insert {id} failed, retrying: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e).context(format!("insert {id}")),
@@ -65,7 +65,8 @@ async fn write_ids(client: Client, coll: &str, ids: Vec<i32>, pace: Duration) ->
     Ok(())
 }
 
-fn tracing_free_log(message: &str) {
+/// Test progress on stderr (shown with `--nocapture`).
+fn note(message: &str) {
     eprintln!("[driver test] {message}");
 }
 
@@ -846,4 +847,135 @@ async fn binary_prints_one_ready_line_and_serves() -> Result<()> {
     child.kill()?;
     child.wait()?;
     outcome
+}
+
+/// Raw wire access, for what drivers never send: the legacy handshake,
+/// `moreToCome` and checksums.
+mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use bson::Document;
+
+    pub fn header(length: usize, request_id: i32, op: i32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(length as i32).to_le_bytes());
+        out.extend_from_slice(&request_id.to_le_bytes());
+        out.extend_from_slice(&0i32.to_le_bytes());
+        out.extend_from_slice(&op.to_le_bytes());
+        out
+    }
+
+    pub fn op_msg(request_id: i32, flags: u32, command: &Document, checksum: bool) -> Vec<u8> {
+        let body = command.to_vec().unwrap();
+        let length = 16 + 4 + 1 + body.len() + if checksum { 4 } else { 0 };
+        let mut out = header(length, request_id, 2013);
+        out.extend_from_slice(&flags.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&body);
+        if checksum {
+            let crc = crc32c(&out);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+        out
+    }
+
+    /// CRC-32C (Castagnoli), bit by bit: slow but obviously right.
+    fn crc32c(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= byte as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    pub fn op_query(request_id: i32, collection: &str, query: &Document) -> Vec<u8> {
+        let mut body = 0i32.to_le_bytes().to_vec();
+        body.extend_from_slice(collection.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        body.extend_from_slice(&query.to_vec().unwrap());
+        let mut out = header(16 + body.len(), request_id, 2004);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads one reply: (responseTo, opCode, the reply document).
+    pub fn read_reply(stream: &mut TcpStream) -> (i32, i32, Document) {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let length = i32::from_le_bytes(len) as usize;
+        let mut rest = vec![0u8; length - 4];
+        stream.read_exact(&mut rest).unwrap();
+        let field = |at: usize| i32::from_le_bytes(rest[at - 4..at].try_into().unwrap());
+        let (response_to, op) = (field(8), field(12));
+        let doc_start = match op {
+            2013 => 16 + 4 + 1,
+            1 => 16 + 20,
+            other => panic!("unexpected opcode {other}"),
+        };
+        let doc = Document::from_reader(&rest[doc_start - 4..]).unwrap();
+        (response_to, op, doc)
+    }
+
+    pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
+        stream.write_all(bytes).unwrap();
+    }
+}
+
+#[test]
+fn raw_wire_legacy_handshake_more_to_come_and_checksums() {
+    let sim = start();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", sim.port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    raw::send(
+        &mut stream,
+        &raw::op_query(1, "admin.$cmd", &doc! {"isMaster": 1, "helloOk": true}),
+    );
+    let (response_to, op, reply) = raw::read_reply(&mut stream);
+    assert_eq!((response_to, op), (1, 1), "OP_REPLY to request 1");
+    assert!(reply.get_bool("ismaster").unwrap());
+    assert!(reply.get_bool("helloOk").unwrap());
+    assert_eq!(reply.get_f64("ok").unwrap(), 1.0);
+
+    // moreToCome: executed, never answered; the next reply is the ping's.
+    let insert = doc! {"insert": "raw", "documents": [{"_id": 1}], "$db": "test"};
+    raw::send(&mut stream, &raw::op_msg(2, 1 << 1, &insert, false));
+    raw::send(
+        &mut stream,
+        &raw::op_msg(3, 1, &doc! {"ping": 1, "$db": "admin"}, true),
+    );
+    let (response_to, op, reply) = raw::read_reply(&mut stream);
+    assert_eq!((response_to, op), (3, 2013));
+    assert_eq!(reply.get_f64("ok").unwrap(), 1.0);
+    let found = sim.run_command("test", doc! {"find": "raw", "filter": {}});
+    let batch = found
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1, "the fire-and-forget insert ran: {found}");
+
+    // A bad checksum closes the connection.
+    let mut bad = raw::op_msg(4, 1, &doc! {"ping": 1, "$db": "admin"}, true);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    raw::send(&mut stream, &bad);
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut stream, &mut byte);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "connection should be closed: {read:?}"
+    );
 }
