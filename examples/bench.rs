@@ -176,7 +176,7 @@ async fn relay_runs(
     // A fresh Redis state: redtail starts at the end of the oplog instead of
     // resuming the previous run's position.
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-    let redtail = tokio::task::block_in_place(|| {
+    let start = || {
         Redtail::start(
             &knobs.redtail_bin,
             &env.sim.url(),
@@ -185,7 +185,8 @@ async fn relay_runs(
             Path::new(LOG_DIR),
             Duration::from_secs(30),
         )
-    })?;
+    };
+    let redtail = tokio::task::block_in_place(start)?;
     let saturation = relay_run::saturation(
         env,
         &format!("saturation_b{batch_size}"),
@@ -206,13 +207,26 @@ async fn relay_runs(
         let path = Path::new(LOG_DIR).join(format!("metrics-batch{batch_size}.txt"));
         std::fs::write(&path, metrics).with_context(|| format!("writing {}", path.display()))?;
     }
+    // SIGTERM: redtail saves its position, so the next one resumes there.
+    tokio::task::block_in_place(|| redtail.stop());
+    let (catch_up, redtail) = relay_run::catch_up(
+        env,
+        &format!("catch_up_b{batch_size}"),
+        300 + index,
+        knobs.writes,
+        start,
+    )
+    .await?;
+    let (catch_up_peak_rss_kib, _) = redtail.memory_kib()?;
     tokio::task::block_in_place(|| redtail.stop());
     Ok(BatchRun {
         batch_size,
         saturation,
+        catch_up,
         latency,
         peak_rss_kib,
         rss_kib,
+        catch_up_peak_rss_kib,
     })
 }
 

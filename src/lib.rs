@@ -14,6 +14,8 @@ pub mod http;
 pub mod pipeline;
 pub mod position;
 pub mod publish;
+pub mod sharding;
 pub mod sources;
+pub mod status;
 pub mod telemetry;
 pub mod transform;

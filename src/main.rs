@@ -12,10 +12,13 @@ use futures_util::future::BoxFuture;
 use redtail::config::{self, Config, ExplainArgs, Invocation, RedisKind};
 use redtail::denylist::Denylist;
 use redtail::http::{self, HealthProbe, HttpState};
-use redtail::pipeline::Relay;
+use redtail::pipeline::{Publishing, Relay};
+use redtail::position::OplogPosition;
 use redtail::publish::Publisher;
+use redtail::sharding;
 use redtail::sources::oplog::{self, OplogSource};
 use redtail::sources::start::{StartPlan, plan_start};
+use redtail::status::StatusSource;
 use redtail::telemetry::{logging, metrics::Metrics, traces};
 use redtail::transform::Transformer;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +28,10 @@ fn main() -> ExitCode {
         config::parse_invocation(std::env::args_os()).unwrap_or_else(|e| config::exit_on_error(e));
     match invocation {
         Invocation::Explain(args) => explain(args),
+        Invocation::Status(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
+            runtime.block_on(redtail::status::run_status_command(args))
+        }
         Invocation::Run(config) => {
             let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
             match runtime.block_on(run(*config)) {
@@ -87,7 +94,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("configuring the MongoDB client")?;
     let denylist = connect_denylist(&config, &metrics).await?;
-    let start = start_plan(&config, &lanes[0], &metrics).await?;
+    let mut status = None;
+    let (publishing, stored) = if config.cluster {
+        let settings = config.cluster_settings().map_err(anyhow::Error::msg)?;
+        let (sharded, oldest) = sharding::join_cluster(&settings)
+            .await
+            .context("joining the cluster")?;
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let member = Some(sharded.coordinator.member().clone());
+        status = Some(StatusSource::connect(
+            client,
+            &settings.prefix,
+            settings.shards,
+            member,
+        )?);
+        // A new cluster adopts oplogtoredis's (or single-instance redtail's) position.
+        let stored = match oldest {
+            Some(oldest) => Some(oldest),
+            None => read_stored_position(&config, &lanes[0], &metrics).await?,
+        };
+        (Publishing::Sharded(sharded), stored)
+    } else {
+        let stored = read_stored_position(&config, &lanes[0], &metrics).await?;
+        (Publishing::Lanes(lanes.clone()), stored)
+    };
+    let start = start_plan(&config, stored, &metrics);
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -103,6 +134,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         health,
         ready: ready.clone(),
         admin_token: config.http_admin_token.clone(),
+        status,
     };
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve_on(listener, state, http_stop.clone()));
@@ -120,7 +152,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         start,
         transformer: Transformer::new(config.transform.to_transform()),
         denylist,
-        lanes,
+        publishing,
         buffer: config.buffer_size,
         grace: config.shutdown_grace,
         metrics,
@@ -136,26 +168,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the stored position (oplogtoredis's keys, so an oplogtoredis
-/// fleet's position is adopted) and applies the catch-up rules.
-async fn start_plan(
+/// Reads the stored position: oplogtoredis's keys, so an oplogtoredis
+/// fleet's position is adopted.
+async fn read_stored_position(
     config: &Config,
     publisher: &Publisher,
     metrics: &Metrics,
-) -> anyhow::Result<StartPlan> {
+) -> anyhow::Result<Option<OplogPosition>> {
     let lanes = 0..config.write_parallelism as u32;
-    let stored = match publisher.position_store().read_resume_position(lanes).await {
-        Ok(stored) => stored,
+    match publisher.position_store().read_resume_position(lanes).await {
+        Ok(stored) => Ok(stored),
         Err(error) if config.resume_from_end_on_failure => {
             tracing::error!(%error, "cannot read the resume position; starting from the end (OTR_RESUME_FROM_END_ON_FAILURE)");
             metrics
                 .tail_failed_to_start
                 .with_label_values(&["start_time"])
                 .inc();
-            None
+            Ok(None)
         }
-        Err(error) => return Err(error).context("reading the resume position from Redis"),
-    };
+        Err(error) => Err(error).context("reading the resume position from Redis"),
+    }
+}
+
+/// Applies the catch-up rules to the stored position, with logs and metrics.
+fn start_plan(config: &Config, stored: Option<OplogPosition>, metrics: &Metrics) -> StartPlan {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -191,7 +227,7 @@ async fn start_plan(
             }
         }
     }
-    Ok(plan)
+    plan
 }
 
 /// The denylist lives in the first Redis that a plain client can reach.

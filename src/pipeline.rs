@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::denylist::Denylist;
 use crate::position::OplogPosition;
 use crate::publish::{PublishBatch, Publisher};
+use crate::sharding::{ShardedPublishing, ShardedStage};
 use crate::sources::oplog::OplogSource;
 use crate::sources::start::StartPlan;
 use crate::sources::{SourceError, SourceRecord};
@@ -40,15 +41,24 @@ pub struct Relay {
     pub transformer: Transformer,
     /// Databases whose changes are not published.
     pub denylist: Denylist,
-    /// One publisher per write lane (`OTR_WRITE_PARALLELISM`); lane `n` keeps
-    /// its position under `lastProcessedEntry.<n>`.
-    pub lanes: Vec<Publisher>,
+    /// How publications reach Redis.
+    pub publishing: Publishing,
     /// Capacity of the channels between stages (`OTR_BUFFER_SIZE`).
     pub buffer: usize,
     /// How long draining may take after shutdown is requested.
     pub grace: Duration,
     /// Metrics shared by every stage.
     pub metrics: Metrics,
+}
+
+/// The two ways of publishing.
+pub enum Publishing {
+    /// Every change, deduplicated: one instance, or oplogtoredis-style HA.
+    /// One publisher per write lane (`OTR_WRITE_PARALLELISM`); lane `n` keeps
+    /// its position under `lastProcessedEntry.<n>`.
+    Lanes(Vec<Publisher>),
+    /// Cluster mode: only the shards this instance leads, fenced by lease.
+    Sharded(ShardedPublishing),
 }
 
 /// Why the relay stopped other than by request.
@@ -78,50 +88,97 @@ impl Relay {
         ready: Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
         let (records_tx, records_rx) = mpsc::channel(self.buffer.max(1));
-        // Publishers stop when their input closes, after the transform stage
-        // has handed over everything; this token only cuts a drain that
-        // overruns the grace period.
-        let drain_deadline = CancellationToken::new();
-        let mut lane_inputs = Vec::with_capacity(self.lanes.len());
-        let mut lane_tasks = Vec::with_capacity(self.lanes.len());
-        for publisher in self.lanes {
-            let (tx, rx) = mpsc::channel(self.buffer.max(1));
-            lane_inputs.push(tx);
-            let token = drain_deadline.clone();
-            lane_tasks.push(tokio::spawn(async move { publisher.run(rx, token).await }));
-        }
-        let stage = TransformStage {
-            transformer: self.transformer,
-            denylist: self.denylist,
-            lanes: lane_inputs,
-            lane_of_db: HashMap::new(),
-            metrics: self.metrics,
-        };
-        let transform_task = tokio::spawn(stage.run(records_rx));
         let source = self.source.with_ready(ready);
-        let source_result = source.run(self.start, records_tx, shutdown.clone()).await;
-
         let grace = self.grace;
-        let drained = tokio::time::timeout(grace, async {
-            join("transform", transform_task).await?;
-            for task in lane_tasks {
-                join("publish", task).await?;
+        match self.publishing {
+            Publishing::Lanes(lanes) => {
+                let stage = TransformStage {
+                    transformer: self.transformer,
+                    denylist: self.denylist,
+                    lanes: Vec::new(),
+                    lane_of_db: HashMap::new(),
+                    metrics: self.metrics,
+                };
+                let source_run = source.run(self.start, records_tx, shutdown);
+                run_lanes(stage, lanes, records_rx, source_run, self.buffer, grace).await
             }
-            Ok::<(), PipelineError>(())
-        })
-        .await;
-        match drained {
-            Ok(result) => result?,
-            Err(_) => {
-                tracing::error!(
-                    ?grace,
-                    "draining did not finish within the grace period; stopping"
-                );
-                drain_deadline.cancel();
+            Publishing::Sharded(publishing) => {
+                let (rewind_tx, rewind_rx) = mpsc::unbounded_channel();
+                let stage = ShardedStage {
+                    transformer: self.transformer,
+                    denylist: self.denylist,
+                    metrics: self.metrics,
+                    publishing,
+                    rewind: rewind_tx,
+                };
+                let stage_task = tokio::spawn(stage.run(records_rx));
+                let source = source.with_rewind(rewind_rx);
+                let source_result = source.run(self.start, records_tx, shutdown).await;
+                // The stage finishes what the source read, checkpoints and
+                // reports every shard drained; then the leases are released
+                // and standbys take over at once.
+                let handed_back = tokio::time::timeout(grace, async {
+                    let coordinator = join("sharded publish", stage_task).await?;
+                    if let Err(error) = coordinator.shutdown().await {
+                        tracing::warn!(%error, "leaving the cluster cleanly failed; leases will expire");
+                    }
+                    Ok::<(), PipelineError>(())
+                })
+                .await;
+                match handed_back {
+                    Ok(result) => result?,
+                    Err(_) => tracing::error!(
+                        ?grace,
+                        "handing shards back did not finish within the grace period"
+                    ),
+                }
+                source_result.map_err(PipelineError::from)
             }
         }
-        source_result.map_err(PipelineError::from)
     }
+}
+
+/// Runs the single-instance publishing lanes next to the source.
+async fn run_lanes(
+    mut stage: TransformStage,
+    lanes: Vec<Publisher>,
+    records: mpsc::Receiver<SourceRecord>,
+    source_run: impl std::future::Future<Output = Result<(), SourceError>>,
+    buffer: usize,
+    grace: Duration,
+) -> Result<(), PipelineError> {
+    // Publishers stop when their input closes, after the transform stage
+    // has handed over everything; this token only cuts a drain that
+    // overruns the grace period.
+    let drain_deadline = CancellationToken::new();
+    let mut lane_tasks = Vec::with_capacity(lanes.len());
+    for publisher in lanes {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        stage.lanes.push(tx);
+        let token = drain_deadline.clone();
+        lane_tasks.push(tokio::spawn(async move { publisher.run(rx, token).await }));
+    }
+    let transform_task = tokio::spawn(stage.run(records));
+    let source_result = source_run.await;
+    let drained = tokio::time::timeout(grace, async {
+        join("transform", transform_task).await?;
+        for task in lane_tasks {
+            join("publish", task).await?;
+        }
+        Ok::<(), PipelineError>(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::error!(
+                ?grace,
+                "draining did not finish within the grace period; stopping"
+            );
+            drain_deadline.cancel();
+        }
+    }
+    source_result.map_err(PipelineError::from)
 }
 
 async fn join<T>(stage: &'static str, task: JoinHandle<T>) -> Result<T, PipelineError> {
@@ -145,9 +202,12 @@ impl TransformStage {
             let mut batches = vec![Vec::new(); self.lanes.len()];
             let mut resume = None;
             for record in buffer.drain(..) {
-                let SourceRecord::OplogEntry(raw) = record;
+                // Without shards nothing asks the source to rewind.
+                let SourceRecord::OplogEntry(raw) = record else {
+                    continue;
+                };
                 let outcome = self.transformer.apply(&raw);
-                self.observe(&raw, &outcome);
+                observe_entry(&self.metrics, &raw, &outcome);
                 resume = outcome.resume_position.or(resume);
                 for publication in outcome.publications {
                     if !self.denylist.skip_if_denied(publication.database()) {
@@ -196,39 +256,39 @@ impl TransformStage {
         self.lane_of_db.insert(database.to_owned(), lane);
         lane
     }
+}
 
-    /// Metrics and logs for one entry.
-    fn observe(&self, raw: &RawDocument, outcome: &EntryOutcome) {
-        let database = raw
-            .get_str("ns")
-            .ok()
-            .map(|ns| ns.split_once('.').map_or(ns, |(db, _)| db))
-            .unwrap_or("");
-        let size = raw.as_bytes().len();
-        let status = entry_status(outcome);
-        let m = &self.metrics;
-        m.entries_received
-            .with_label_values(&[database, status])
-            .inc();
-        m.entries_received_size
-            .with_label_values(&[database])
-            .inc_by(size as u64);
-        m.entries_by_size
-            .with_label_values(&[database, status])
-            .observe(size as f64);
-        if outcome.unprocessable_fields > 0 {
-            m.unprocessable_changed_fields
-                .inc_by(u64::from(outcome.unprocessable_fields));
-        }
-        if let Some(wall) = outcome.wall_ms {
-            let age_ns = (now_ms() - wall).max(0) as f64 * 1e6;
-            m.last_received_staleness
-                .with_label_values(&["0"])
-                .set(age_ns);
-        }
-        for reason in outcome.skip_reasons() {
-            report_skip(m, reason, outcome.position);
-        }
+/// Metrics and logs for one entry, the same in every publishing mode.
+pub(crate) fn observe_entry(metrics: &Metrics, raw: &RawDocument, outcome: &EntryOutcome) {
+    let database = raw
+        .get_str("ns")
+        .ok()
+        .map(|ns| ns.split_once('.').map_or(ns, |(db, _)| db))
+        .unwrap_or("");
+    let size = raw.as_bytes().len();
+    let status = entry_status(outcome);
+    let m = metrics;
+    m.entries_received
+        .with_label_values(&[database, status])
+        .inc();
+    m.entries_received_size
+        .with_label_values(&[database])
+        .inc_by(size as u64);
+    m.entries_by_size
+        .with_label_values(&[database, status])
+        .observe(size as f64);
+    if outcome.unprocessable_fields > 0 {
+        m.unprocessable_changed_fields
+            .inc_by(u64::from(outcome.unprocessable_fields));
+    }
+    if let Some(wall) = outcome.wall_ms {
+        let age_ns = (now_ms() - wall).max(0) as f64 * 1e6;
+        m.last_received_staleness
+            .with_label_values(&["0"])
+            .set(age_ns);
+    }
+    for reason in outcome.skip_reasons() {
+        report_skip(m, reason, outcome.position);
     }
 }
 

@@ -76,6 +76,9 @@ impl Drop for RedisServer {
     }
 }
 
+/// How many redtail processes this run started.
+static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 /// A running `redtail` child.
 pub struct Redtail {
     child: Child,
@@ -96,13 +99,15 @@ impl Redtail {
     ) -> Result<Self> {
         let http_port = free_port()?;
         std::fs::create_dir_all(logs)?;
+        // Numbered, so a restarted redtail does not overwrite its predecessor's logs.
+        let number = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = extra
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
         let log_file = |suffix: &str| -> Result<std::fs::File> {
-            let path: PathBuf = logs.join(format!("redtail[{name}].{suffix}"));
+            let path: PathBuf = logs.join(format!("redtail-{number}[{name}].{suffix}"));
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
         };
         let mut command = Command::new(binary);

@@ -110,7 +110,13 @@ struct Session {
 impl Session {
     /// Subscribes to `bench.<collection>` and proves the path works with one
     /// warm-up write (sequence 0) before anything is measured.
-    async fn open(env: &RelayEnv<'_>, collection: &str, run: u32, writes: u64) -> Result<Self> {
+    async fn open(
+        env: &RelayEnv<'_>,
+        collection: &str,
+        run: u32,
+        writes: u64,
+        warm_up: bool,
+    ) -> Result<Self> {
         let ns = format!("{DATABASE}.{collection}");
         let ledger = Arc::new(Ledger::new(run, writes + 1));
         let mut pubsub = redis::Client::open(env.redis_url.as_str())?
@@ -131,6 +137,9 @@ impl Session {
             ledger,
             subscriber,
         };
+        if !warm_up {
+            return Ok(session);
+        }
         session.ledger.mark_sent(0);
         env.sim.engine().append_oplog_entry(entries::insert(
             &session.ns,
@@ -222,7 +231,7 @@ pub async fn saturation(
     run: u32,
     writes: u64,
 ) -> Result<Saturation> {
-    let session = Session::open(env, collection, run, writes).await?;
+    let session = Session::open(env, collection, run, writes, true).await?;
     let batch = session.build(writes);
     let redis_before = server_stats::redis_calls(&env.redis_url).await?;
     let mongo_before = env.sim.counters().snapshot();
@@ -284,7 +293,7 @@ pub async fn latency(
     duration: Duration,
 ) -> Result<Latency> {
     let writes = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-    let session = Session::open(env, collection, run, writes).await?;
+    let session = Session::open(env, collection, run, writes, true).await?;
     let batch = session.build(writes);
     let redis_before = server_stats::redis_calls(&env.redis_url).await?;
 
@@ -322,6 +331,73 @@ fn paced_writes(sim: &MongoSim, ledger: &Ledger, batch: Vec<Document>, rate: f64
         std::thread::sleep(Duration::from_micros(200));
     }
     started.elapsed()
+}
+
+/// Result of a catch-up run.
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    /// Writes made while redtail was stopped.
+    pub writes: u64,
+    /// Of which delivered before the wait ended.
+    pub delivered: u64,
+    /// How long appending them took (redtail stopped: the simulator's own speed).
+    pub append_time: Duration,
+    /// First delivery to last delivery.
+    pub elapsed: Duration,
+    /// Redis cost per message.
+    pub redis: RedisCost,
+}
+
+impl CatchUp {
+    /// Delivered messages per second; the first delivery only starts the clock.
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.delivered.saturating_sub(1) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A backlog appended while redtail is down, drained after `start_redtail`
+/// brings it back: redtail alone sets the pace, since the writer is done
+/// before anything is read. `start_redtail` must resume from the position the
+/// previous process saved (same Redis, no flush) and return once ready.
+pub async fn catch_up<T>(
+    env: &RelayEnv<'_>,
+    collection: &str,
+    run: u32,
+    writes: u64,
+    start_redtail: impl FnOnce() -> Result<T>,
+) -> Result<(CatchUp, T)> {
+    let session = Session::open(env, collection, run, writes, false).await?;
+    let batch = session.build(writes);
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        for (seq, entry) in (1..).zip(batch) {
+            append(env.sim, &session.ledger, seq, entry);
+        }
+    });
+    let append_time = started.elapsed();
+    let redis_before = server_stats::redis_calls(&env.redis_url).await?;
+    let redtail = tokio::task::block_in_place(start_redtail)?;
+    if let Err(error) = session.wait_for(writes, env.delivery_timeout).await {
+        eprintln!("bench: catch-up run {collection}: {error:#}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let redis_after = server_stats::redis_calls(&env.redis_url).await?;
+    let ledger = &session.ledger;
+    let delivered = ledger.delivered();
+    let first = (1..writes + 1)
+        .map(|seq| ledger.received[seq as usize].load(Ordering::Relaxed))
+        .filter(|&at| at > 0)
+        .min()
+        .unwrap_or(0);
+    let last = ledger.last_delivery.load(Ordering::Relaxed);
+    let result = CatchUp {
+        writes,
+        delivered,
+        append_time,
+        elapsed: Duration::from_nanos(last.saturating_sub(first)),
+        redis: server_stats::redis_cost(&redis_before, &redis_after, delivered),
+    };
+    Ok((result, redtail))
 }
 
 /// The `q` quantile (nearest rank) of sorted values, 0 when empty.

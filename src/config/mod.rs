@@ -28,8 +28,8 @@ pub use errors::{ConfigError, SettingName, exit_on_error};
 pub use reference::reference_markdown;
 pub use secret::{REDACTED, RedisKind, RedisUrl, Secret, SecretUrl, UrlError, redact_text};
 pub use settings::{
-    CatchUpPolicy, Cli, Config, ExplainArgs, ExplainFormat, IdChannelStyle, Invocation,
-    TransformSettings,
+    CatchUpPolicy, Cli, Config, ExplainArgs, ExplainFormat, IdChannelStyle, Invocation, StatusArgs,
+    StatusFormat, TransformSettings,
 };
 pub use values::RedisUrlList;
 
@@ -71,6 +71,7 @@ impl Config {
         match parse_invocation(args)? {
             Invocation::Run(config) => Ok(*config),
             Invocation::Explain(_) => Err(ConfigError::NotRun("explain")),
+            Invocation::Status(_) => Err(ConfigError::NotRun("status")),
         }
     }
 }

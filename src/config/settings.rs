@@ -46,6 +46,60 @@ pub enum Invocation {
     Run(Box<Config>),
     /// Show what redtail would publish for oplog entries read from a file.
     Explain(ExplainArgs),
+    /// Print the cluster's shard table (leader, standby, epoch, checkpoint,
+    /// lag) read from Redis; exit 1 when Redis cannot be read.
+    Status(StatusArgs),
+}
+
+/// Settings of `redtail status`: only where the cluster's keys live, with
+/// the same variables as `run`, so it works in an instance's environment.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Comma-separated Redis URLs, as for `run`; the first one is read
+    /// (redis:// or rediss://). Required.
+    #[arg(
+        long,
+        env = "OTR_REDIS_URL",
+        value_name = "URLS",
+        hide_env_values = true,
+        value_parser = values::redis_urls
+    )]
+    pub redis_url: RedisUrlList,
+
+    /// Prefix of the cluster's Redis keys, as for `run`.
+    #[arg(
+        long,
+        env = "OTR_REDIS_METADATA_PREFIX",
+        value_name = "PREFIX",
+        default_value = "oplogtoredis::",
+        value_parser = values::non_empty
+    )]
+    pub redis_metadata_prefix: String,
+
+    /// Number of shards to show when the cluster has not stored its count
+    /// yet; the count stored in Redis wins (with a note on stderr).
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_SHARDS",
+        value_name = "N",
+        default_value = "64",
+        value_parser = clap::value_parser!(u16).range(1..=4096)
+    )]
+    pub cluster_shards: u16,
+
+    /// Output format: an aligned table, or the JSON document `/status`
+    /// serves.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+    pub format: StatusFormat,
+}
+
+/// How `redtail status` prints the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// One line per shard and a summary line, for people.
+    Table,
+    /// The `/status` JSON document, for scripts.
+    Json,
 }
 
 /// Settings of `redtail explain`: only what changes the transform, so it
@@ -507,6 +561,76 @@ pub struct Config {
         value_parser = values::positive_duration
     )]
     pub shutdown_grace: Duration,
+
+    /// Run as one member of a sharded cluster.
+    ///
+    /// On: namespaces are cut into OTR_CLUSTER_SHARDS shards; each shard is
+    /// published by the one instance holding its Redis lease, every publish
+    /// is fenced by that lease, and each shard keeps its own checkpoint.
+    /// Off: every instance publishes every change and dedup keeps each one
+    /// single (oplogtoredis's model).
+    #[arg(
+        long,
+        env = "OTR_CLUSTER",
+        help_heading = REDTAIL,
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value = "false",
+        value_parser = values::go_bool
+    )]
+    pub cluster: bool,
+
+    /// Number of namespace shards. Stored in Redis by the first member; an
+    /// instance started with another value refuses to start.
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_SHARDS",
+        help_heading = REDTAIL,
+        value_name = "N",
+        default_value = "64",
+        value_parser = clap::value_parser!(u16).range(1..=4096)
+    )]
+    pub cluster_shards: u16,
+
+    /// How long a shard lease lasts without renewal: a crashed leader's
+    /// shards are taken over within this plus the poll interval (1s).
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_LEASE_TTL",
+        help_heading = REDTAIL,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = values::positive_duration
+    )]
+    pub cluster_lease_ttl: Duration,
+
+    /// How often held leases are renewed (with jitter). A leader that could
+    /// not renew for 70% of the TTL stops publishing before its lease can
+    /// expire.
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_RENEW_INTERVAL",
+        help_heading = REDTAIL,
+        value_name = "DURATION",
+        default_value = "2s",
+        value_parser = values::positive_duration
+    )]
+    pub cluster_renew_interval: Duration,
+
+    /// Warm standbys per shard: the next members in each shard's ranking,
+    /// ready to take over.
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_STANDBYS",
+        help_heading = REDTAIL,
+        value_name = "N",
+        default_value = "1",
+        value_parser = clap::value_parser!(u16).range(0..=8)
+    )]
+    pub cluster_standbys: u16,
 
     /// Bearer token required by the denylist's PUT and DELETE.
     ///

@@ -32,7 +32,7 @@ fn run(extra: &[&str]) -> Result<Config, ConfigError> {
     args.extend_from_slice(extra);
     match parse(&args)? {
         Invocation::Run(config) => Ok(*config),
-        Invocation::Explain(_) => panic!("parsed as explain"),
+        other => panic!("not parsed as run: {other:?}"),
     }
 }
 

@@ -4,8 +4,10 @@
 //! that knows how `OTR_*` variables map onto them, so a layer never reads
 //! the configuration directly.
 
+use super::RedisKind;
 use super::settings::{CatchUpPolicy, Config, ExplainFormat};
 use crate::publish::{PublisherSettings, ResumeReadPolicy};
+use crate::sharding::ClusterSettings;
 use crate::sources::oplog::OplogSettings;
 use crate::sources::start;
 
@@ -31,6 +33,33 @@ impl Config {
             },
             ..PublisherSettings::default()
         }
+    }
+
+    /// Cluster mode's settings: the one Redis it coordinates through.
+    pub fn cluster_settings(&self) -> Result<ClusterSettings, String> {
+        let [url] = self.redis_urls() else {
+            return Err(
+                "OTR_CLUSTER=true needs exactly one OTR_REDIS_URL (the cluster's \
+                        leases, checkpoints and publishing live in one Redis)"
+                    .to_owned(),
+            );
+        };
+        if url.kind == RedisKind::Sentinel {
+            return Err(
+                "OTR_CLUSTER=true does not support redis-sentinel:// OTR_REDIS_URL yet".to_owned(),
+            );
+        }
+        Ok(ClusterSettings {
+            redis_url: url.url.expose_secret().to_owned(),
+            prefix: self.redis_metadata_prefix.clone(),
+            shards: self.cluster_shards,
+            lease_ttl: self.cluster_lease_ttl,
+            renew_interval: self.cluster_renew_interval,
+            standbys: self.cluster_standbys,
+            dedupe_expiration: self.redis_dedupe_expiration,
+            checkpoint_interval: self.timestamp_flush_interval,
+            max_outage: self.redis_max_outage,
+        })
     }
 
     /// The oplog tailer's settings.

@@ -1,4 +1,5 @@
-//! The HTTP server: health, readiness, metrics and the denylist API.
+//! The HTTP server: health, readiness, metrics, the denylist API and the
+//! cluster's status.
 //!
 //! Paths, bodies and status codes follow oplogtoredis where it has the
 //! endpoint (`/healthz`, `/metrics`, `/denylist`), so existing probes,
@@ -10,6 +11,7 @@ mod admin;
 mod denylist_api;
 mod healthz;
 mod metrics_endpoint;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::denylist::Denylist;
+use crate::status::StatusSource;
 use crate::telemetry::metrics::Metrics;
 
 pub use admin::is_authorized;
@@ -58,6 +61,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// `OTR_HTTP_ADMIN_TOKEN`: guards the denylist's PUT and DELETE.
     pub admin_token: Option<Secret>,
+    /// Read by `/status`; `None` outside cluster mode (`/status` is then 404).
+    pub status: Option<StatusSource>,
 }
 
 impl HttpState {
@@ -72,6 +77,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", any(healthz::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint::metrics))
+        .route("/status", get(status::status))
         .merge(denylist_api::routes())
         .fallback(not_found)
         .with_state(state)

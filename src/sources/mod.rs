@@ -15,6 +15,11 @@ use bson::RawDocumentBuf;
 pub enum SourceRecord {
     /// A `local.oplog.rs` document.
     OplogEntry(RawDocumentBuf),
+    /// The records that follow come from just after this position: sent when
+    /// the tail first positions itself and whenever it goes back to read
+    /// again (a shard taking over from an older checkpoint), in which case
+    /// they may repeat records already seen.
+    Rewound(crate::position::OplogPosition),
 }
 
 /// Why a source stopped for good (transient failures are retried inside).

@@ -57,6 +57,7 @@ pub struct OplogSource {
     settings: OplogSettings,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    rewind: Option<mpsc::UnboundedReceiver<OplogPosition>>,
 }
 
 /// How one cursor's life ended.
@@ -65,6 +66,8 @@ enum TailEnd {
     Shutdown,
     /// The server closed the cursor or went quiet for too long: re-query.
     Requery(&'static str),
+    /// Asked to read again from this (older) position.
+    Rewind(OplogPosition),
 }
 
 /// Connects a MongoDB client with redtail's options (app name, timeouts).
@@ -94,7 +97,16 @@ impl OplogSource {
             settings,
             metrics,
             ready: Arc::default(),
+            rewind: None,
         }
+    }
+
+    /// Accepts requests to read again from an older position (a shard taking
+    /// over from its checkpoint). The tail re-queries from there and sends a
+    /// [`SourceRecord::Rewound`] marker first.
+    pub fn with_rewind(mut self, requests: mpsc::UnboundedReceiver<OplogPosition>) -> Self {
+        self.rewind = Some(requests);
+        self
     }
 
     /// Sets `flag` once the tail is positioned: from then on, every write to
@@ -111,7 +123,7 @@ impl OplogSource {
     /// downstream are never re-read, and none is skipped without being
     /// reported.
     pub async fn run(
-        self,
+        mut self,
         plan: StartPlan,
         out: mpsc::Sender<SourceRecord>,
         shutdown: CancellationToken,
@@ -124,10 +136,14 @@ impl OplogSource {
             }
         };
         let mut failures = 0u32;
+        let mut announced = false;
         while !shutdown.is_cancelled() {
             if last_read.is_none() {
                 match self.newest_position(&shutdown).await {
-                    Ok(position) => last_read = position,
+                    Ok(position) => {
+                        last_read = position;
+                        announced = false;
+                    }
                     Err(error) => {
                         self.record_failure("start_time", &error);
                         failures += 1;
@@ -136,8 +152,24 @@ impl OplogSource {
                     }
                 }
             }
+            if let (false, Some(position)) = (announced, last_read) {
+                // Tell downstream where this run's stream begins.
+                out.send(SourceRecord::Rewound(position))
+                    .await
+                    .map_err(|_| SourceError::DownstreamClosed)?;
+                announced = true;
+            }
             match self.tail(&mut last_read, &out, &shutdown).await {
                 Ok(TailEnd::Shutdown) => break,
+                Ok(TailEnd::Rewind(position)) => {
+                    last_read = Some(position);
+                    announced = false;
+                    self.metrics
+                        .source_restarts
+                        .with_label_values(&["rewind"])
+                        .inc();
+                    tracing::info!(%position, "reading the oplog again from an older checkpoint");
+                }
                 Ok(TailEnd::Requery(reason)) => {
                     failures = 0;
                     self.metrics
@@ -170,7 +202,7 @@ impl OplogSource {
 
     /// One cursor: query from `last_read`, stream until it ends.
     async fn tail(
-        &self,
+        &mut self,
         last_read: &mut Option<OplogPosition>,
         out: &mpsc::Sender<SourceRecord>,
         shutdown: &CancellationToken,
@@ -196,8 +228,15 @@ impl OplogSource {
         let silence = self.settings.query_timeout.max(self.settings.max_await * 2);
         let mut expect_resume_entry = last_read.is_some();
         loop {
+            let rewind = next_rewind(&mut self.rewind);
             let advanced = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(TailEnd::Shutdown),
+                Some(position) = rewind => {
+                    if last_read.is_none_or(|read| position < read) {
+                        return Ok(TailEnd::Rewind(position));
+                    }
+                    continue;
+                }
                 advanced = tokio::time::timeout(silence, cursor.advance()) => advanced,
             };
             match advanced {
@@ -285,6 +324,16 @@ enum TailError {
 impl From<mongodb::error::Error> for TailError {
     fn from(error: mongodb::error::Error) -> Self {
         Self::Mongo(error)
+    }
+}
+
+/// The next rewind request, or a future that never completes without a channel.
+async fn next_rewind(
+    requests: &mut Option<mpsc::UnboundedReceiver<OplogPosition>>,
+) -> Option<OplogPosition> {
+    match requests {
+        Some(requests) => requests.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -2,8 +2,8 @@
 //! existing dashboards and alerts keep working after a migration.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry,
 };
 
 /// Every metric redtail exports, registered in one [`Registry`].
@@ -65,6 +65,15 @@ pub struct Metrics {
     pub end_to_end_latency: Histogram,
     /// `redtail_checkpoint_age_seconds`: age of the newest flushed position.
     pub checkpoint_age: Gauge,
+    /// `redtail_shard_leases_held`: shards this instance leads (cluster mode).
+    pub shard_leases_held: IntGauge,
+    /// `redtail_lease_transitions_total{reason}`: shards taken over
+    /// (`acquired`), handed off (`released`), or lost (`lost`, `fenced`).
+    pub lease_transitions: IntCounterVec,
+    /// `redtail_fenced_batches_total`: publish calls refused because the
+    /// lease had moved to another instance (their changes are the new
+    /// leader's to publish).
+    pub fenced_batches: IntCounter,
 }
 
 impl Metrics {
@@ -204,6 +213,22 @@ impl Metrics {
                 "redtail_checkpoint_age_seconds",
                 "Age of the newest position flushed to Redis",
             ),
+            shard_leases_held: int_gauge(
+                &registry,
+                "redtail_shard_leases_held",
+                "Shards this instance currently leads (cluster mode)",
+            ),
+            lease_transitions: counter_vec(
+                &registry,
+                "redtail_lease_transitions_total",
+                "Shard leadership changes of this instance, by reason",
+                &["reason"],
+            ),
+            fenced_batches: counter(
+                &registry,
+                "redtail_fenced_batches_total",
+                "Publish calls refused because the shard lease moved to another instance",
+            ),
             registry,
         }
     }
@@ -241,6 +266,10 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         registry,
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {

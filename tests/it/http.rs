@@ -62,6 +62,7 @@ impl Server {
             health: Arc::new(probe),
             ready: Arc::clone(&ready),
             admin_token: token.map(Secret::new),
+            status: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(http::serve_on(listener, state, shutdown.clone()));

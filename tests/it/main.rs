@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod explain;
 mod faults;
 mod http;

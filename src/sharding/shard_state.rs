@@ -1,0 +1,133 @@
+//! What this instance knows about one shard it leads: pure bookkeeping,
+//! no I/O, so the takeover and replay rules are unit-tested on their own.
+
+use ::cluster::LeaseToken;
+
+use crate::position::OplogPosition;
+
+/// One led shard.
+#[derive(Debug, Clone)]
+pub struct ShardState {
+    /// The lease token every publish of this shard is fenced with.
+    pub token: LeaseToken,
+    /// Entries at or before this position are done for this shard
+    /// (published, or published by an earlier leader: the checkpoint).
+    pub handled_upto: Option<OplogPosition>,
+    /// Set while the stream is past the checkpoint this shard resumes from:
+    /// records are ignored until the source has gone back to it.
+    pub awaiting_replay_from: Option<OplogPosition>,
+    /// The last checkpoint a publish of this shard carried, so idle shards
+    /// are checkpointed only when the stream moved.
+    pub checkpointed: Option<OplogPosition>,
+}
+
+impl ShardState {
+    /// A shard taken over at `checkpoint` while the stage has processed up
+    /// to `stream`: if the stream is already past the checkpoint, the shard
+    /// waits for a replay from there; otherwise entries up to the checkpoint
+    /// are simply skipped as they arrive.
+    pub fn taken_over(
+        token: LeaseToken,
+        checkpoint: Option<OplogPosition>,
+        stream: Option<OplogPosition>,
+    ) -> Self {
+        let behind = matches!((checkpoint, stream), (Some(c), Some(s)) if c < s);
+        Self {
+            token,
+            handled_upto: checkpoint,
+            awaiting_replay_from: behind.then_some(checkpoint).flatten(),
+            checkpointed: checkpoint,
+        }
+    }
+
+    /// Whether the entry at `position` is this shard's to publish now.
+    pub fn wants(&self, position: Option<OplogPosition>) -> bool {
+        if self.awaiting_replay_from.is_some() {
+            return false;
+        }
+        match (position, self.handled_upto) {
+            (Some(position), Some(done)) => position > done,
+            _ => true,
+        }
+    }
+
+    /// The source restarted after `from`: a shard waiting for a replay from
+    /// a position at or after it can start.
+    pub fn replay_started(&mut self, from: OplogPosition) {
+        if self
+            .awaiting_replay_from
+            .is_some_and(|wanted| from <= wanted)
+        {
+            self.awaiting_replay_from = None;
+        }
+    }
+
+    /// Records that the entry at `position` was handled for this shard.
+    pub fn handled(&mut self, position: OplogPosition) {
+        if self.awaiting_replay_from.is_none() && self.handled_upto.is_none_or(|d| position > d) {
+            self.handled_upto = Some(position);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> LeaseToken {
+        LeaseToken {
+            epoch: 3,
+            token: "3:abc".to_owned(),
+        }
+    }
+
+    fn p(i: u32) -> Option<OplogPosition> {
+        Some(OplogPosition::new(100, i))
+    }
+
+    #[test]
+    fn takeover_ahead_of_or_at_the_stream_skips_what_the_checkpoint_covers() {
+        for stream in [None, p(4), p(5)] {
+            let state = ShardState::taken_over(token(), p(5), stream);
+            assert_eq!(state.awaiting_replay_from, None, "stream {stream:?}");
+            assert!(!state.wants(p(5)));
+            assert!(state.wants(p(6)));
+        }
+    }
+
+    #[test]
+    fn takeover_behind_the_stream_waits_for_the_replay() {
+        let mut state = ShardState::taken_over(token(), p(5), p(9));
+        assert!(!state.wants(p(10)), "records before the replay are ignored");
+        state.handled(OplogPosition::new(100, 10));
+        assert_eq!(state.handled_upto, p(5), "ignored records are not handled");
+        state.replay_started(OplogPosition::new(100, 7));
+        assert!(
+            !state.wants(p(6)),
+            "a replay from after the checkpoint does not count"
+        );
+        state.replay_started(OplogPosition::new(100, 2));
+        assert!(!state.wants(p(5)));
+        assert!(state.wants(p(6)));
+    }
+
+    #[test]
+    fn replayed_entries_already_handled_are_skipped() {
+        let mut state = ShardState::taken_over(token(), p(1), None);
+        for i in 2..=8 {
+            state.handled(OplogPosition::new(100, i));
+        }
+        assert!(
+            !state.wants(p(4)),
+            "read again after another shard's rewind"
+        );
+        assert!(state.wants(p(9)));
+    }
+
+    #[test]
+    fn no_checkpoint_takes_everything_from_now_on() {
+        let state = ShardState::taken_over(token(), None, p(3));
+        assert_eq!(state.awaiting_replay_from, None);
+        assert!(state.wants(p(4)));
+    }
+}

@@ -1,0 +1,177 @@
+//! Cluster mode end to end: several real redtail processes share the shards
+//! through Redis leases; every change is published once, and a crashed or
+//! stopped instance's shards are taken over without losing any.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bson::doc;
+
+use crate::support::relay::{Relay, metric_value};
+
+const CLUSTER: [(&str, &str); 5] = [
+    ("OTR_CLUSTER", "true"),
+    ("OTR_CLUSTER_SHARDS", "8"),
+    ("OTR_CLUSTER_LEASE_TTL", "2s"),
+    ("OTR_CLUSTER_RENEW_INTERVAL", "400ms"),
+    ("OTR_SHUTDOWN_GRACE", "10s"),
+];
+
+/// Inserts `n` documents spread over ten collections, `pace` apart; returns
+/// the collection channel and id of each.
+async fn write(relay: &Relay, from: usize, n: usize, pace: Duration) -> Vec<(String, String)> {
+    let mut written = Vec::new();
+    for i in from..from + n {
+        let coll = format!("c{}", i % 10);
+        let id = format!("d{i:04}");
+        relay
+            .collection(&coll)
+            .insert_one(doc! { "_id": &id })
+            .await
+            .unwrap();
+        written.push((relay.channel(&coll), id));
+        tokio::time::sleep(pace).await;
+    }
+    written
+}
+
+/// How often each (collection channel, id) was announced.
+fn announced(relay: &Relay) -> BTreeMap<(String, String), usize> {
+    let mut seen = BTreeMap::new();
+    for (channel, message) in relay.received() {
+        if channel.contains("::") {
+            continue;
+        }
+        let id = message
+            .split("\"_id\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?");
+        *seen.entry((channel, id.to_owned())).or_default() += 1;
+    }
+    seen
+}
+
+async fn wait_delivered(
+    relay: &Relay,
+    written: &[(String, String)],
+    timeout: Duration,
+) -> BTreeMap<(String, String), usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = announced(relay);
+        if written.iter().all(|w| seen.contains_key(w)) || tokio::time::Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_once(seen: &BTreeMap<(String, String), usize>, written: &[(String, String)], logs: &str) {
+    let lost: Vec<_> = written.iter().filter(|w| !seen.contains_key(*w)).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} changes, e.g. {:?}\n{logs}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+}
+
+/// Waits until the instances together lead every shard, each at least one.
+async fn wait_all_shards_led(instances: &[&crate::support::redtail::Redtail], shards: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: Vec<f64> = instances
+            .iter()
+            .map(|r| metric_value(r, "redtail_shard_leases_held"))
+            .collect();
+        if held.iter().sum::<f64>() == shards && held.iter().all(|h| *h >= 1.0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards never spread over the instances: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_shards_and_publish_each_change_once() {
+    let relay = Relay::start("cluster_split", &CLUSTER).await;
+    let second = relay.start_another(&CLUSTER);
+    wait_all_shards_led(&[&relay.redtail, &second], 8.0).await;
+    let written = write(&relay, 0, 100, Duration::ZERO).await;
+    let seen = wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+    assert_once(&seen, &written, &relay.redtail.logs());
+    let published = |r: &crate::support::redtail::Redtail| {
+        metric_value(r, r#"otr_redispub_processed_messages{status="sent"}"#)
+    };
+    assert!(
+        published(&relay.redtail) > 0.0 && published(&second) > 0.0,
+        "both members publish their shards"
+    );
+    assert_eq!(
+        published(&relay.redtail) + published(&second),
+        100.0,
+        "only leaders publish: nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_taken_over_without_loss() {
+    let relay = Relay::start("cluster_kill", &CLUSTER).await;
+    let mut second = relay.start_another(&CLUSTER);
+    wait_all_shards_led(&[&relay.redtail, &second], 8.0).await;
+    let mut written = write(&relay, 0, 50, Duration::from_millis(5)).await;
+    wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+    second.kill();
+    written.extend(write(&relay, 50, 50, Duration::from_millis(20)).await);
+    let seen = wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+    assert_once(&seen, &written, &relay.redtail.logs());
+    assert_eq!(
+        metric_value(&relay.redtail, "redtail_shard_leases_held"),
+        8.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_hands_its_shards_over_without_loss() {
+    let relay = Relay::start("cluster_term", &CLUSTER).await;
+    let mut second = relay.start_another(&CLUSTER);
+    wait_all_shards_led(&[&relay.redtail, &second], 8.0).await;
+    let writer = {
+        let client = relay.client.clone();
+        let db = relay.db.clone();
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let coll = client
+                    .database(&db)
+                    .collection::<bson::Document>(&format!("c{}", i % 10));
+                coll.insert_one(doc! { "_id": format!("d{i:04}") })
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.signal("TERM");
+    let status = second
+        .wait_exit(Duration::from_secs(15))
+        .expect("the member exits within its grace period");
+    assert!(status.success(), "{status}\n{}", second.logs());
+    writer.await.unwrap();
+    let written: Vec<(String, String)> = (0..150)
+        .map(|i| (relay.channel(&format!("c{}", i % 10)), format!("d{i:04}")))
+        .collect();
+    let seen = wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+    assert_once(&seen, &written, &relay.redtail.logs());
+    assert!(
+        second.logs().contains("handed a shard back"),
+        "{}",
+        second.logs()
+    );
+}
