@@ -104,15 +104,19 @@ impl Relay {
             }
             Publishing::Sharded(publishing) => {
                 let (rewind_tx, rewind_rx) = mpsc::unbounded_channel();
+                let (excluded_tx, excluded_rx) = tokio::sync::watch::channel(Default::default());
                 let stage = ShardedStage {
                     transformer: self.transformer,
                     denylist: self.denylist,
                     metrics: self.metrics,
                     publishing,
                     rewind: rewind_tx,
+                    excluded: excluded_tx,
                 };
                 let stage_task = tokio::spawn(stage.run(records_rx));
-                let source = source.with_rewind(rewind_rx);
+                let source = source
+                    .with_rewind(rewind_rx)
+                    .with_excluded_namespaces(excluded_rx);
                 let source_result = source.run(self.start, records_tx, shutdown).await;
                 // The stage finishes what the source read, checkpoints and
                 // reports every shard drained; then the leases are released

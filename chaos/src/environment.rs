@@ -67,7 +67,10 @@ impl Settings {
             ("OTR_CLUSTER", self.cluster.to_string()),
             ("OTR_CLUSTER_SHARDS", self.shards.to_string()),
             ("OTR_CLUSTER_LEASE_TTL", go_duration(self.lease_ttl)),
-            ("OTR_CLUSTER_RENEW_INTERVAL", go_duration(self.renew_interval)),
+            (
+                "OTR_CLUSTER_RENEW_INTERVAL",
+                go_duration(self.renew_interval),
+            ),
             ("OTR_CLUSTER_STANDBYS", "1".to_string()),
             ("OTR_TIMESTAMP_FLUSH_INTERVAL", "200ms".to_string()),
             ("OTR_SHUTDOWN_GRACE", "10s".to_string()),
@@ -79,7 +82,11 @@ impl Settings {
 
     /// The mode's name in reports.
     pub fn mode(&self) -> &'static str {
-        if self.cluster { "cluster" } else { "all-publish" }
+        if self.cluster {
+            "cluster"
+        } else {
+            "all-publish"
+        }
     }
 }
 
@@ -107,6 +114,7 @@ pub struct Environment {
     /// Where this scenario's logs are.
     pub log_dir: PathBuf,
     writer: Option<(watch::Sender<bool>, JoinHandle<WriterOutcome>)>,
+    generations: Vec<Instant>,
 }
 
 impl Environment {
@@ -156,6 +164,7 @@ impl Environment {
             namespaces,
             log_dir,
             writer: None,
+            generations: Vec::new(),
         };
         for _ in 0..settings.instances {
             env.add_instance().await?;
@@ -187,11 +196,27 @@ impl Environment {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let held = self.leases.snapshot().current().iter().filter(|l| l.is_some()).count();
+        let held = self
+            .leases
+            .snapshot()
+            .current()
+            .iter()
+            .filter(|l| l.is_some())
+            .count();
         bail!(
             "cluster mode: only {held} of {} shards were leased within 20s (is cluster mode wired into this redtail?)",
             self.settings.shards
         )
+    }
+
+    /// Records that Redis just lost its data: epochs and checkpoints restart,
+    /// so the audits start a new generation.
+    pub fn redis_lost_data(&mut self) {
+        self.generations.push(Instant::now());
+        self.leases.with(|audit| {
+            audit.check_checkpoints = false;
+            audit.new_generation();
+        });
     }
 
     /// Starts the steady writer (`txn_every`: see [`WriterPlan`]); it runs
@@ -234,7 +259,13 @@ impl Environment {
     pub async fn pick_leader(&self) -> Result<(usize, FaultMark)> {
         let at = Instant::now();
         if !self.settings.cluster {
-            return Ok((0, FaultMark { at, shards: BTreeMap::new() }));
+            return Ok((
+                0,
+                FaultMark {
+                    at,
+                    shards: BTreeMap::new(),
+                },
+            ));
         }
         let (owners, unmapped) = self.lease_owners();
         if let Some((index, shards)) = owners
@@ -243,17 +274,32 @@ impl Environment {
             .filter(|(_, s)| !s.is_empty())
             .max_by_key(|(_, s)| s.len())
         {
-            return Ok((index, FaultMark { at, shards: shards.clone() }));
+            return Ok((
+                index,
+                FaultMark {
+                    at,
+                    shards: shards.clone(),
+                },
+            ));
         }
         let mut best = None;
         for (index, instance) in self.instances.iter().enumerate() {
-            let held = instance.metric("redtail_shard_leases_held").await.unwrap_or(0.0);
+            let held = instance
+                .metric("redtail_shard_leases_held")
+                .await
+                .unwrap_or(0.0);
             if held > 0.0 && best.is_none_or(|(_, h)| held > h) {
                 best = Some((index, held));
             }
         }
         match best {
-            Some((index, _)) => Ok((index, FaultMark { at: Instant::now(), shards: BTreeMap::new() })),
+            Some((index, _)) => Ok((
+                index,
+                FaultMark {
+                    at: Instant::now(),
+                    shards: BTreeMap::new(),
+                },
+            )),
             None => bail!("no instance leads a shard (holders seen: {unmapped:?})"),
         }
     }
@@ -275,19 +321,42 @@ impl Environment {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let heard = self.subscriber.snapshot();
-            let f = analysis::analyse(&outcome.written, &heard, &Default::default(), false, None);
+            let f = analysis::analyse(
+                &outcome.written,
+                &heard,
+                &Default::default(),
+                false,
+                None,
+                &[],
+            );
             if f.delivered == expected {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let unheard = analysis::analyse(
+            &outcome.written,
+            &self.subscriber.snapshot(),
+            &Default::default(),
+            false,
+            None,
+            &[],
+        )
+        .lost_ids;
+        let (indexed, marked) = self.publish.markers(&unheard).await;
         let epochs = self.publish.stop().await;
         let audit = self.leases.stop().await;
         let deliveries = self.subscriber.snapshot();
         let cluster = self.settings.cluster;
-        let findings =
-            analysis::analyse(&outcome.written, &deliveries, &epochs.values, cluster, fault.as_ref());
+        let findings = analysis::analyse(
+            &outcome.written,
+            &deliveries,
+            &epochs.values,
+            cluster,
+            fault.as_ref(),
+            &self.generations,
+        );
 
         let mut checks = vec![Check::judged(
             "no write lost",
@@ -301,10 +370,24 @@ impl Environment {
                 outcome.failed.len()
             ),
         )];
+        if !unheard.is_empty() {
+            checks.push(Check::with(
+                "lost writes diagnosed",
+                Verdict::Info,
+                format!(
+                    "{} unheard writes: {indexed} found in the oplog, {marked} of them have a dedup marker \
+                     in Redis (published by some instance but not heard), the rest were never published",
+                    unheard.len()
+                ),
+            ));
+        }
         checks.push(Check::with(
             "duplicates",
             Verdict::Info,
-            format!("{} extra copies heard", findings.duplicates),
+            format!(
+                "{} extra copies heard {:?}",
+                findings.duplicates, findings.duplicate_examples
+            ),
         ));
         checks.push(lease_check(&audit, cluster));
         checks.push(epoch_check(&findings, &epochs, cluster));
@@ -346,7 +429,11 @@ fn lease_check(audit: &LeaseAudit, cluster: bool) -> Check {
         );
     }
     match (cluster, audit.samples_with_leases > 0) {
-        (true, true) => Check::judged("one holder per shard, epochs and checkpoints forward", true, figures),
+        (true, true) => Check::judged(
+            "one holder per shard, epochs and checkpoints forward",
+            true,
+            figures,
+        ),
         (true, false) => Check::with(
             "one holder per shard, epochs and checkpoints forward",
             Verdict::Fail,
@@ -360,17 +447,28 @@ fn lease_check(audit: &LeaseAudit, cluster: bool) -> Check {
     }
 }
 
-fn epoch_check(findings: &analysis::Findings, epochs: &crate::publish_audit::PublishEpochs, cluster: bool) -> Check {
+fn epoch_check(
+    findings: &analysis::Findings,
+    epochs: &crate::publish_audit::PublishEpochs,
+    cluster: bool,
+) -> Check {
     let name = "no publish from a superseded epoch";
     let figures = format!(
-        "{} delivered changes with a known epoch ({} dedup keys already gone, {} not in the oplog index)",
-        findings.epochs_known, epochs.missing, epochs.unindexed
+        "{} delivered changes with a known epoch ({} dedup values read, {} dedup keys already gone, {} not in the oplog index)",
+        findings.epochs_known,
+        epochs.values.len(),
+        epochs.missing,
+        epochs.unindexed
     );
     if !cluster {
         return Check::with(name, Verdict::Skip, format!("cluster mode off: {figures}"));
     }
     if findings.epochs_known == 0 {
-        return Check::with(name, Verdict::Fail, format!("no publishing epoch observed: {figures}"));
+        return Check::with(
+            name,
+            Verdict::Fail,
+            format!("no publishing epoch observed: {figures}"),
+        );
     }
     if findings.epoch_regressions.is_empty() {
         Check::judged(name, true, figures)
@@ -379,7 +477,10 @@ fn epoch_check(findings: &analysis::Findings, epochs: &crate::publish_audit::Pub
         Check::judged(
             name,
             false,
-            format!("{} regressions, e.g. {some:?}; {figures}", findings.epoch_regressions.len()),
+            format!(
+                "{} regressions, e.g. {some:?}; {figures}",
+                findings.epoch_regressions.len()
+            ),
         )
     }
 }
@@ -390,7 +491,11 @@ fn takeover_check(findings: &analysis::Findings, fault: &FaultMark, cluster: boo
         return Check::with(name, Verdict::Skip, "cluster mode off");
     }
     if fault.shards.is_empty() {
-        return Check::with(name, Verdict::Skip, "the victim's shards were not known at fault time");
+        return Check::with(
+            name,
+            Verdict::Skip,
+            "the victim's shards were not known at fault time",
+        );
     }
     Check::judged(
         name,

@@ -103,7 +103,11 @@ impl Instance {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if let Some(status) = self.try_exit() {
-                bail!("{} exited during start-up ({status}):\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             if let Some((200, _)) = http_probe::get(self.http_port, "/readyz").await {
                 return Ok(());
@@ -143,6 +147,7 @@ impl Instance {
     pub fn signal(&self, name: &str) -> Result<()> {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status()
             .context("running kill")?;
         if !status.success() {
@@ -201,7 +206,10 @@ mod tests {
     #[test]
     fn member_ids_map_to_instances() {
         let cases = [
-            ("chaos-i3-0123456789abcdef0123456789abcdef", Some("chaos-i3")),
+            (
+                "chaos-i3-0123456789abcdef0123456789abcdef",
+                Some("chaos-i3"),
+            ),
             ("chaos-i3-0123", None),
             ("nodash", None),
             ("x-0123456789abcdef0123456789abcdeg", None),

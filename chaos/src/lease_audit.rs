@@ -108,7 +108,11 @@ impl LeaseAudit {
     }
 
     /// Feeds one sample: per shard (lease, holder, checkpoint) as read.
-    pub fn observe(&mut self, at: Instant, rows: &[(Option<String>, Option<String>, Option<String>)]) {
+    pub fn observe(
+        &mut self,
+        at: Instant,
+        rows: &[(Option<String>, Option<String>, Option<String>)],
+    ) {
         self.samples += 1;
         if let Some(last) = self.last_sample {
             self.longest_interval = self.longest_interval.max(at - last);
@@ -118,7 +122,13 @@ impl LeaseAudit {
             self.samples_with_leases += 1;
         }
         for (shard, (lease, holder, checkpoint)) in rows.iter().enumerate() {
-            self.observe_shard(at, shard, lease.as_deref(), holder.as_deref(), checkpoint.as_deref());
+            self.observe_shard(
+                at,
+                shard,
+                lease.as_deref(),
+                holder.as_deref(),
+                checkpoint.as_deref(),
+            );
         }
     }
 
@@ -170,7 +180,9 @@ impl LeaseAudit {
         if let Some(text) = checkpoint {
             match text.parse::<u64>() {
                 Ok(position) => {
-                    if check_checkpoints && state.last_checkpoint.is_some_and(|last| position < last) {
+                    if check_checkpoints
+                        && state.last_checkpoint.is_some_and(|last| position < last)
+                    {
                         self.violations.push(format!(
                             "shard {shard}: checkpoint went back from {} to {position}",
                             state.last_checkpoint.unwrap_or_default()
@@ -183,7 +195,8 @@ impl LeaseAudit {
                     .push(format!("shard {shard}: malformed checkpoint {text:?}")),
             }
         }
-        let token_changed = state.current.as_ref().map(|l| &l.token) != lease.as_ref().map(|l| &l.token);
+        let token_changed =
+            state.current.as_ref().map(|l| &l.token) != lease.as_ref().map(|l| &l.token);
         let holder_arrived = matches!((&state.current, &lease), (Some(a), Some(b)) if a.holder.is_none() && b.holder.is_some());
         if token_changed || holder_arrived {
             self.changes.push(LeaseChange {
@@ -258,7 +271,10 @@ async fn sample_loop(
                     .chunks(3)
                     .map(|c| (c[0].clone(), c[1].clone(), c[2].clone()))
                     .collect();
-                audit.lock().expect("audit lock").observe(Instant::now(), &rows);
+                audit
+                    .lock()
+                    .expect("audit lock")
+                    .observe(Instant::now(), &rows);
             }
             None => {
                 conn = None;
@@ -282,8 +298,12 @@ async fn sample(
             .ok();
     }
     let c = conn.as_mut()?;
-    let reply = redis::cmd("MGET").arg(names).query_async(c);
-    tokio::time::timeout(timeout, reply).await.ok()?.ok()
+    let mut mget = redis::cmd("MGET");
+    mget.arg(names);
+    tokio::time::timeout(timeout, mget.query_async(c))
+        .await
+        .ok()?
+        .ok()
 }
 
 #[cfg(test)]
@@ -293,12 +313,21 @@ mod tests {
     type Row = (Option<String>, Option<String>, Option<String>);
 
     fn row(lease: Option<&str>, checkpoint: Option<&str>) -> Row {
-        (lease.map(str::to_string), Some("h-x".to_string()), checkpoint.map(str::to_string))
+        (
+            lease.map(str::to_string),
+            Some("h-x".to_string()),
+            checkpoint.map(str::to_string),
+        )
     }
 
     #[test]
     fn tokens_parse() {
-        let cases = [("3:abc", Some(3)), ("3:", None), ("x:abc", None), ("nocolon", None)];
+        let cases = [
+            ("3:abc", Some(3)),
+            ("3:", None),
+            ("x:abc", None),
+            ("nocolon", None),
+        ];
         for (token, expected) in cases {
             assert_eq!(parse_token(token), expected, "{token}");
         }
@@ -307,11 +336,35 @@ mod tests {
     #[test]
     fn violations_table() {
         let cases: Vec<(&str, Vec<Row>, usize)> = vec![
-            ("steady", vec![row(Some("1:a"), Some("5")), row(Some("1:a"), Some("6"))], 0),
-            ("takeover", vec![row(Some("1:a"), None), row(None, None), row(Some("2:b"), None)], 0),
-            ("epoch back", vec![row(Some("2:b"), None), row(Some("1:a"), None)], 1),
-            ("two tokens", vec![row(Some("2:b"), None), row(Some("2:c"), None)], 1),
-            ("checkpoint back", vec![row(None, Some("7")), row(None, Some("6"))], 1),
+            (
+                "steady",
+                vec![row(Some("1:a"), Some("5")), row(Some("1:a"), Some("6"))],
+                0,
+            ),
+            (
+                "takeover",
+                vec![
+                    row(Some("1:a"), None),
+                    row(None, None),
+                    row(Some("2:b"), None),
+                ],
+                0,
+            ),
+            (
+                "epoch back",
+                vec![row(Some("2:b"), None), row(Some("1:a"), None)],
+                1,
+            ),
+            (
+                "two tokens",
+                vec![row(Some("2:b"), None), row(Some("2:c"), None)],
+                1,
+            ),
+            (
+                "checkpoint back",
+                vec![row(None, Some("7")), row(None, Some("6"))],
+                1,
+            ),
             ("bad token", vec![row(Some("zz"), None)], 1),
         ];
         for (name, rows, expected) in cases {
@@ -319,7 +372,12 @@ mod tests {
             for r in rows {
                 audit.observe(Instant::now(), &[r]);
             }
-            assert_eq!(audit.violations.len(), expected, "{name}: {:?}", audit.violations);
+            assert_eq!(
+                audit.violations.len(),
+                expected,
+                "{name}: {:?}",
+                audit.violations
+            );
         }
     }
 

@@ -30,7 +30,10 @@ pub fn free_port() -> std::io::Result<u16> {
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        None => {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            workspace.canonicalize().unwrap_or(workspace).join("target")
+        }
     }
 }
 
@@ -40,7 +43,11 @@ pub fn redtail_binary(profile: &str) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        let flag = if profile == "release" { " --release" } else { "" };
+        let flag = if profile == "release" {
+            " --release"
+        } else {
+            ""
+        };
         anyhow::bail!(
             "{} is missing: build it first with `cargo build{flag} -p redtail --bin redtail`",
             path.display()

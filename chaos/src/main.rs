@@ -57,7 +57,8 @@ fn main() -> Result<()> {
     let binary = match args.redtail.clone() {
         Some(path) if path.is_file() => path,
         Some(path) => bail!("--redtail {}: no such file", path.display()),
-        None => redtail_chaos::redtail_binary("release").or_else(|_| redtail_chaos::redtail_binary("debug"))?,
+        None => redtail_chaos::redtail_binary("release")
+            .or_else(|_| redtail_chaos::redtail_binary("debug"))?,
     };
     let names: Vec<&str> = if args.scenario == "all" {
         scenarios::ALL.to_vec()
@@ -110,7 +111,11 @@ fn main() -> Result<()> {
                         name: name.to_string(),
                         mode: settings.mode().to_string(),
                         findings: Default::default(),
-                        checks: vec![report::Check::judged("scenario ran", false, format!("{e:#}"))],
+                        checks: vec![report::Check::judged(
+                            "scenario ran",
+                            false,
+                            format!("{e:#}"),
+                        )],
                         log_dir: String::new(),
                     });
                 }
@@ -119,9 +124,9 @@ fn main() -> Result<()> {
         reports
     });
     println!("\n{}", report::table(&reports));
-    if reports.iter().all(report::ScenarioReport::passed) {
-        Ok(())
-    } else {
-        bail!("some scenarios failed")
+    if !reports.iter().all(report::ScenarioReport::passed) {
+        eprintln!("some scenarios failed");
+        std::process::exit(1);
     }
+    Ok(())
 }

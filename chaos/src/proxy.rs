@@ -144,7 +144,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<ProxyS
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n) = from.read(&mut buf).await {
-            if n == 0 || chunks.send((Instant::now() + state.latency(), buf[..n].to_vec())).is_err() {
+            if n == 0
+                || chunks
+                    .send((Instant::now() + state.latency(), buf[..n].to_vec()))
+                    .is_err()
+            {
                 break;
             }
         }

@@ -45,7 +45,9 @@ pub fn dedup_keys(entry: &Document, prefix: &str) -> Vec<(String, String)> {
         _ => None,
     };
     match entry.get_str("op") {
-        Ok("i" | "u" | "d") => id_of(entry).map(|id| vec![(id, key(0))]).unwrap_or_default(),
+        Ok("i" | "u" | "d") => id_of(entry)
+            .map(|id| vec![(id, key(0))])
+            .unwrap_or_default(),
         Ok("c") => {
             let Ok(ops) = entry
                 .get_document("o")
@@ -79,6 +81,8 @@ pub struct PublishEpochs {
 /// The background task.
 pub struct PublishAuditor {
     found: Arc<Mutex<PublishEpochs>>,
+    index: Arc<Mutex<HashMap<String, String>>>,
+    redis: redis::Client,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -104,17 +108,53 @@ impl PublishAuditor {
     ) -> anyhow::Result<Self> {
         let redis = redis::Client::open(redis_url)?;
         let found = Arc::new(Mutex::new(PublishEpochs::default()));
+        let index = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stopped) = watch::channel(false);
         let state = LoopState {
             mongo,
-            redis,
+            redis: redis.clone(),
+            index: index.clone(),
             prefix: prefix.to_string(),
             dbs,
             subscriber,
             found: found.clone(),
         };
         let task = tokio::spawn(state.run(stopped));
-        Ok(Self { found, stop, task })
+        Ok(Self {
+            found,
+            index,
+            redis,
+            stop,
+            task,
+        })
+    }
+
+    /// Of `ids` (writes never heard), how many are in the oplog index and how
+    /// many of those have a dedup marker in Redis: a marker means some
+    /// instance did publish the change, so the subscriber missed it (or it
+    /// went to a Redis that was then wiped); no marker means nobody did.
+    pub async fn markers(&self, ids: &[String]) -> (usize, usize) {
+        let keys: Vec<String> = {
+            let index = self.index.lock().expect("index lock");
+            ids.iter().filter_map(|id| index.get(id).cloned()).collect()
+        };
+        if keys.is_empty() {
+            return (0, 0);
+        }
+        let lookup = async {
+            let mut conn = self.redis.get_multiplexed_async_connection().await.ok()?;
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&keys);
+            mget.query_async::<Vec<Option<String>>>(&mut conn)
+                .await
+                .ok()
+        };
+        let marked = tokio::time::timeout(Duration::from_secs(2), lookup)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |values| values.iter().filter(|v| v.is_some()).count());
+        (keys.len(), marked)
     }
 
     /// Stops, after one more round so late deliveries are looked up too.
@@ -129,6 +169,7 @@ impl PublishAuditor {
 struct LoopState {
     mongo: Client,
     redis: redis::Client,
+    index: Arc<Mutex<HashMap<String, String>>>,
     prefix: String,
     dbs: Vec<String>,
     subscriber: Arc<Subscriber>,
@@ -137,14 +178,13 @@ struct LoopState {
 
 impl LoopState {
     async fn run(self, stopped: watch::Receiver<bool>) {
-        let mut index: HashMap<String, String> = HashMap::new();
         let mut last_ts: Option<bson::Timestamp> = None;
         let mut next_delivery = 0usize;
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut conn = None;
         for _ in 0..MAX_ROUNDS {
             let stopping = *stopped.borrow();
-            self.index_oplog(&mut index, &mut last_ts).await;
+            self.index_oplog(&mut last_ts).await;
             for delivery in self.subscriber.since(next_delivery) {
                 next_delivery += 1;
                 let Some((db, rest)) = delivery.channel.split_once('.') else {
@@ -160,7 +200,7 @@ impl LoopState {
                     });
                 }
             }
-            self.look_up(&index, &mut pending, &mut conn, stopping).await;
+            self.look_up(&mut pending, &mut conn, stopping).await;
             if stopping {
                 return;
             }
@@ -168,8 +208,11 @@ impl LoopState {
         }
     }
 
-    async fn index_oplog(&self, index: &mut HashMap<String, String>, last_ts: &mut Option<bson::Timestamp>) {
-        let oplog = self.mongo.database("local").collection::<Document>("oplog.rs");
+    async fn index_oplog(&self, last_ts: &mut Option<bson::Timestamp>) {
+        let oplog = self
+            .mongo
+            .database("local")
+            .collection::<Document>("oplog.rs");
         let filter = match last_ts {
             Some(ts) => doc! { "ts": { "$gt": *ts } },
             None => doc! {},
@@ -190,15 +233,16 @@ impl LoopState {
         };
         for entry in entries {
             if let Ok(ts) = entry.get_timestamp("ts") {
-                *last_ts = Some(last_ts.map_or(ts, |l| if position(ts) > position(l) { ts } else { l }));
+                *last_ts =
+                    Some(last_ts.map_or(ts, |l| if position(ts) > position(l) { ts } else { l }));
             }
-            index.extend(dedup_keys(&entry, &self.prefix));
+            let keys = dedup_keys(&entry, &self.prefix);
+            self.index.lock().expect("index lock").extend(keys);
         }
     }
 
     async fn look_up(
         &self,
-        index: &HashMap<String, String>,
         pending: &mut VecDeque<Pending>,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
         final_round: bool,
@@ -206,6 +250,7 @@ impl LoopState {
         let mut ready = Vec::new();
         let mut waiting = VecDeque::new();
         let mut unindexed = 0;
+        let index = self.index.lock().expect("index lock").clone();
         for p in pending.drain(..) {
             match index.get(&p.id) {
                 Some(key) => ready.push((p.id, key.clone())),
@@ -248,7 +293,9 @@ impl LoopState {
                 .ok();
         }
         let c = conn.as_mut()?;
-        let reply = tokio::time::timeout(timeout, redis::cmd("MGET").arg(keys).query_async(c)).await;
+        let mut mget = redis::cmd("MGET");
+        mget.arg(keys);
+        let reply = tokio::time::timeout(timeout, mget.query_async(c)).await;
         match reply {
             Ok(Ok(values)) => Some(values),
             _ => {
@@ -266,7 +313,10 @@ mod tests {
     #[test]
     fn message_ids_table() {
         let cases = [
-            (r#"{"e":"i","d":{"_id":"w0000001"},"f":["_id"]}"#, Some("w0000001")),
+            (
+                r#"{"e":"i","d":{"_id":"w0000001"},"f":["_id"]}"#,
+                Some("w0000001"),
+            ),
             (r#"{"e":"u","d":{"_id":1},"f":[]}"#, None),
             ("not json", None),
         ];
@@ -277,7 +327,10 @@ mod tests {
 
     #[test]
     fn dedup_keys_of_inserts_and_transactions() {
-        let ts = bson::Timestamp { time: 1_700_000_000, increment: 3 };
+        let ts = bson::Timestamp {
+            time: 1_700_000_000,
+            increment: 3,
+        };
         let origin = (1_700_000_000u64 << 32) | 3;
         let insert = doc! { "ts": ts, "op": "i", "ns": "a.c1", "o": { "_id": "w1" } };
         assert_eq!(

@@ -81,7 +81,10 @@ impl RedisServer {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
-                bail!("redis-server exited at start ({status}) on port {}", self.port);
+                bail!(
+                    "redis-server exited at start ({status}) on port {}",
+                    self.port
+                );
             }
             if ping(self.port) {
                 self.child = Some(child);

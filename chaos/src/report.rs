@@ -110,7 +110,10 @@ pub fn table(reports: &[ScenarioReport]) -> String {
 
 /// The checks of one scenario, one per line.
 pub fn checks(report: &ScenarioReport) -> String {
-    let mut out = format!("{} ({}; logs in {}):\n", report.name, report.mode, report.log_dir);
+    let mut out = format!(
+        "{} ({}; logs in {}):\n",
+        report.name, report.mode, report.log_dir
+    );
     for c in &report.checks {
         let tag = match c.verdict {
             Verdict::Pass => "PASS",

@@ -63,7 +63,10 @@ impl Subscriber {
     /// The deliveries from index `from` on.
     pub fn since(&self, from: usize) -> Vec<Delivery> {
         let heard = self.heard.lock().expect("subscriber lock");
-        heard.get(from..).map(<[Delivery]>::to_vec).unwrap_or_default()
+        heard
+            .get(from..)
+            .map(<[Delivery]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Stops listening.

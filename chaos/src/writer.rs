@@ -117,7 +117,11 @@ pub fn spanning_namespaces(namespaces: &[Namespace], start: usize) -> Vec<&Names
 }
 
 /// Writes `plan` until its duration passes or `stop` turns true.
-pub async fn run(client: Client, plan: WriterPlan, mut stop: watch::Receiver<bool>) -> WriterOutcome {
+pub async fn run(
+    client: Client,
+    plan: WriterPlan,
+    mut stop: watch::Receiver<bool>,
+) -> WriterOutcome {
     let mut outcome = WriterOutcome::default();
     let period = Duration::from_secs_f64(1.0 / f64::from(plan.rate.max(1)));
     let mut ticker = tokio::time::interval(period);
@@ -163,7 +167,9 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 }
 
 async fn insert(client: &Client, ns: &Namespace, id: &str, seq: u64) -> bool {
-    let coll = client.database(&ns.db).collection::<bson::Document>(&ns.coll);
+    let coll = client
+        .database(&ns.db)
+        .collection::<bson::Document>(&ns.coll);
     let document = doc! { "_id": id, "seq": seq as i64 };
     for _ in 0..MAX_ATTEMPTS {
         match tokio::time::timeout(OP_TIMEOUT, coll.insert_one(document.clone())).await {
@@ -176,7 +182,11 @@ async fn insert(client: &Client, ns: &Namespace, id: &str, seq: u64) -> bool {
 }
 
 /// One transaction inserting `x<seq>-<j>` into each namespace; retried whole.
-async fn write_transaction(client: &Client, spanning: &[&Namespace], seq: u64) -> Option<Vec<Written>> {
+async fn write_transaction(
+    client: &Client,
+    spanning: &[&Namespace],
+    seq: u64,
+) -> Option<Vec<Written>> {
     for _ in 0..MAX_ATTEMPTS {
         match tokio::time::timeout(OP_TIMEOUT, transaction_once(client, spanning, seq)).await {
             Ok(Ok(())) => {
@@ -209,11 +219,17 @@ async fn transaction_once(
     let mut session = client.start_session().await?;
     session.start_transaction().await?;
     for (j, ns) in spanning.iter().enumerate() {
-        let coll = client.database(&ns.db).collection::<bson::Document>(&ns.coll);
+        let coll = client
+            .database(&ns.db)
+            .collection::<bson::Document>(&ns.coll);
         let document = doc! { "_id": format!("x{seq:07}-{j}"), "seq": seq as i64 };
         if let Err(e) = coll.insert_one(document).session(&mut session).await {
             let _ = session.abort_transaction().await;
-            return if j == 0 && is_duplicate_key(&e) { Ok(()) } else { Err(e) };
+            return if j == 0 && is_duplicate_key(&e) {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
     }
     session.commit_transaction().await

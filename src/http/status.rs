@@ -17,7 +17,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::HttpState;
-use crate::config::redact_text;
 use crate::status::ClusterStatusReport;
 
 /// The body of a successful `/status`: the report, flagged as a cluster.
@@ -44,7 +43,7 @@ pub(super) async fn status(State(state): State<HttpState>) -> Response {
         })
         .into_response(),
         Err(error) => {
-            let message = redact_text(&error.to_string());
+            let message = source.redact(&error.to_string());
             tracing::warn!(error = %message, "/status could not read the cluster");
             let body = json!({ "cluster": true, "error": message });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

@@ -5,7 +5,8 @@
 //! shards' calls concurrently on one multiplexed connection, so order holds
 //! within a shard while Redis round trips are shared.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::cluster::{
@@ -21,6 +22,7 @@ use crate::denylist::Denylist;
 use crate::pipeline::observe_entry;
 use crate::position::OplogPosition;
 use crate::sources::SourceRecord;
+use crate::sources::oplog::ExcludedNamespaces;
 use crate::telemetry::metrics::Metrics;
 use crate::transform::{Publication, Transformer};
 
@@ -61,7 +63,15 @@ pub struct ShardedStage {
     pub publishing: ShardedPublishing,
     /// Asks the source to read again from an older checkpoint.
     pub rewind: mpsc::UnboundedSender<OplogPosition>,
+    /// Tells the source which namespaces other instances publish, so the
+    /// server stops returning them (MongoDB load stays flat with replicas).
+    pub excluded: watch::Sender<ExcludedNamespaces>,
 }
+
+/// Discovered namespaces are pushed to the source's filter every this many
+/// checkpoint intervals, within [1 s, 5 s] (each push re-issues the query);
+/// a takeover pushes at once.
+const EXCLUSION_PUSH_EVERY: u32 = 5;
 
 impl ShardedStage {
     /// Runs until `records` closes (the source stopped), then writes a final
@@ -89,12 +99,18 @@ impl ShardedStage {
             fenced,
             max_outage,
             rewind: self.rewind,
+            excluded: self.excluded,
+            foreign: BTreeSet::new(),
+            foreign_changed: false,
+            last_exclusion_push: Instant::now(),
             shards: BTreeMap::new(),
             shard_of_namespace: HashMap::new(),
             stream: None,
             stream_start: None,
             resume: None,
         };
+        let exclusion_push_interval = (checkpoint_interval * EXCLUSION_PUSH_EVERY)
+            .clamp(Duration::from_secs(1), Duration::from_secs(5));
         let mut ticker = tokio::time::interval(checkpoint_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffer = Vec::with_capacity(MAX_RECORDS_PER_BATCH);
@@ -116,7 +132,12 @@ impl ShardedStage {
                     let batches = runner.route(buffer.drain(..));
                     runner.publish(batches).await;
                 }
-                _ = ticker.tick() => runner.checkpoint_idle_shards().await,
+                _ = ticker.tick() => {
+                    runner.checkpoint_idle_shards().await;
+                    if runner.last_exclusion_push.elapsed() >= exclusion_push_interval {
+                        runner.push_exclusions();
+                    }
+                }
             }
         }
         runner.hand_back_all().await;
@@ -137,6 +158,11 @@ struct Runner {
     fenced: FencedPublisher,
     max_outage: Duration,
     rewind: mpsc::UnboundedSender<OplogPosition>,
+    excluded: watch::Sender<ExcludedNamespaces>,
+    /// Namespaces seen whose shard another instance leads.
+    foreign: BTreeSet<String>,
+    foreign_changed: bool,
+    last_exclusion_push: Instant,
     /// The shards this instance leads and publishes.
     shards: BTreeMap<ShardId, ShardState>,
     shard_of_namespace: HashMap<String, ShardId>,
@@ -178,34 +204,71 @@ impl Runner {
         for (shard, token) in &assignment.draining {
             self.hand_back(*shard, token.clone()).await;
         }
+        let mut rewind_to: Option<OplogPosition> = None;
         for (shard, token) in &assignment.leading {
             if !self.shards.contains_key(shard) {
-                self.take_over(*shard, token.clone()).await;
+                let from = self.take_over(*shard, token.clone()).await;
+                rewind_to = match (rewind_to, from) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
+        }
+        // The source must query with new shards' namespaces included before
+        // it reads again from their checkpoints, and can drop those of
+        // shards handed away at once.
+        let led = &self.shards;
+        let foreign: BTreeSet<String> = self
+            .shard_of_namespace
+            .iter()
+            .filter(|(_, shard)| !led.contains_key(shard))
+            .map(|(namespace, _)| namespace.clone())
+            .collect();
+        if foreign != self.foreign {
+            self.foreign = foreign;
+            self.foreign_changed = true;
+            self.push_exclusions();
+        }
+        if let Some(from) = rewind_to {
+            let _ = self.rewind.send(from);
         }
         self.metrics.shard_leases_held.set(self.shards.len() as i64);
     }
 
-    /// Starts publishing `shard` from its checkpoint.
-    async fn take_over(&mut self, shard: ShardId, token: LeaseToken) {
+    /// Hands the source the current list of namespaces to leave out.
+    fn push_exclusions(&mut self) {
+        if self.foreign_changed || self.excluded.borrow().len() != self.foreign.len() {
+            let list: Vec<String> = self.foreign.iter().cloned().collect();
+            tracing::info!(
+                namespaces = list.len(),
+                "leaving other instances' namespaces out of the oplog query"
+            );
+            self.excluded.send_replace(Arc::new(list));
+        }
+        self.foreign_changed = false;
+        self.last_exclusion_push = Instant::now();
+    }
+
+    /// Starts publishing `shard` from its checkpoint; returns where the
+    /// source must read again from, when the stream is already past it.
+    async fn take_over(&mut self, shard: ShardId, token: LeaseToken) -> Option<OplogPosition> {
         let checkpoint = match self.checkpoint_of(shard).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
                 tracing::error!(%shard, %error, "cannot read the shard's checkpoint; giving the shard back");
                 self.releaser.drained(shard);
-                return;
+                return None;
             }
         };
         let state = ShardState::taken_over(token, checkpoint, self.stream);
-        if let Some(from) = state.awaiting_replay_from {
-            let _ = self.rewind.send(from);
-        }
+        let rewind = state.awaiting_replay_from;
         tracing::info!(%shard, epoch = state.token.epoch, checkpoint = ?checkpoint, "took over a shard");
         self.metrics
             .lease_transitions
             .with_label_values(&["acquired"])
             .inc();
         self.shards.insert(shard, state);
+        rewind
     }
 
     /// The shard's checkpoint, seeded with this run's start when it has none
@@ -285,12 +348,16 @@ impl Runner {
                     continue;
                 }
                 let shard = self.shard_of(&publication.namespace);
-                if self
-                    .shards
-                    .get(&shard)
-                    .is_some_and(|state| state.wants(outcome.position))
-                {
-                    batches.entry(shard).or_default().push(publication);
+                match self.shards.get(&shard) {
+                    Some(state) if state.wants(outcome.position) => {
+                        batches.entry(shard).or_default().push(publication);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if self.foreign.insert(publication.namespace.clone()) {
+                            self.foreign_changed = true;
+                        }
+                    }
                 }
             }
             if let Some(position) = outcome.position {

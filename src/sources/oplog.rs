@@ -13,7 +13,7 @@ use std::time::Duration;
 use bson::{RawDocument, Timestamp, doc};
 use mongodb::options::{ClientOptions, CursorType};
 use mongodb::{Client, Collection};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::start::{StartPlan, StartReason};
@@ -58,7 +58,11 @@ pub struct OplogSource {
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     rewind: Option<mpsc::UnboundedReceiver<OplogPosition>>,
+    excluded: Option<watch::Receiver<ExcludedNamespaces>>,
 }
+
+/// Namespaces the server need not return (another instance publishes them).
+pub type ExcludedNamespaces = Arc<Vec<String>>;
 
 /// How one cursor's life ended.
 enum TailEnd {
@@ -98,7 +102,19 @@ impl OplogSource {
             metrics,
             ready: Arc::default(),
             rewind: None,
+            excluded: None,
         }
+    }
+
+    /// Follows a list of namespaces to leave out of the server-side query, so
+    /// MongoDB returns only what this instance publishes. A change of the
+    /// list re-issues the query from the last entry read.
+    pub fn with_excluded_namespaces(
+        mut self,
+        excluded: watch::Receiver<ExcludedNamespaces>,
+    ) -> Self {
+        self.excluded = Some(excluded);
+        self
     }
 
     /// Accepts requests to read again from an older position (a shard taking
@@ -207,10 +223,7 @@ impl OplogSource {
         out: &mpsc::Sender<SourceRecord>,
         shutdown: &CancellationToken,
     ) -> Result<TailEnd, TailError> {
-        let filter = match *last_read {
-            Some(position) => doc! { "ts": { "$gte": Timestamp::from(position) } },
-            None => doc! {},
-        };
+        let filter = self.query_filter(*last_read);
         let find = self
             .oplog
             .find(filter)
@@ -229,8 +242,10 @@ impl OplogSource {
         let mut expect_resume_entry = last_read.is_some();
         loop {
             let rewind = next_rewind(&mut self.rewind);
+            let excluded_changed = next_change(&mut self.excluded);
             let advanced = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(TailEnd::Shutdown),
+                () = excluded_changed => return Ok(TailEnd::Requery("filter")),
                 Some(position) = rewind => {
                     if last_read.is_none_or(|read| position < read) {
                         return Ok(TailEnd::Rewind(position));
@@ -265,6 +280,31 @@ impl OplogSource {
             out.send(SourceRecord::OplogEntry(entry.to_owned()))
                 .await
                 .map_err(|_| TailError::Downstream)?;
+        }
+    }
+
+    /// `ts >= last` (the entry at `last` itself always matches, so the resume
+    /// check works whatever its namespace), minus excluded namespaces.
+    fn query_filter(&mut self, last_read: Option<OplogPosition>) -> bson::Document {
+        let excluded = self
+            .excluded
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone());
+        let excluded = excluded.filter(|list| !list.is_empty());
+        match (last_read, excluded) {
+            (None, None) => doc! {},
+            (None, Some(list)) => doc! { "ns": { "$nin": list.as_slice() } },
+            (Some(position), None) => doc! { "ts": { "$gte": Timestamp::from(position) } },
+            (Some(position), Some(list)) => {
+                let ts = Timestamp::from(position);
+                doc! {
+                    "ts": { "$gte": ts },
+                    "$or": [
+                        { "ts": { "$gte": ts, "$lte": ts } },
+                        { "ns": { "$nin": list.as_slice() } },
+                    ],
+                }
+            }
         }
     }
 
@@ -334,6 +374,18 @@ async fn next_rewind(
     match requests {
         Some(requests) => requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Completes when the watched value changes; never without a watch (or
+/// once its sender is gone).
+async fn next_change<T>(watched: &mut Option<watch::Receiver<T>>) {
+    let changed = match watched {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -4,16 +4,18 @@
 //! so it works when no instance is up (which is when it is needed most).
 //! Exit codes follow the rest of the CLI: 0 when the cluster was read, 1
 //! when Redis could not be read, 2 for bad arguments. Errors pass through
-//! [`redact_text`] before printing, so a URL password never reaches the
+//! [`hide_secrets`] before printing, so a URL password never reaches the
 //! terminal even if a client error were to quote one.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::config::{RedisKind, StatusArgs, StatusFormat, redact_text};
+use redis::IntoConnectionInfo;
+
+use crate::config::{RedisKind, StatusArgs, StatusFormat};
 
 use super::render::render_table;
-use super::{StatusError, StatusSource};
+use super::{StatusError, StatusSource, hide_secrets};
 
 /// What `redtail status` prints: the output proper, and notes for stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +42,29 @@ pub async fn run_status_command(args: StatusArgs) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!("redtail status: {}", redact_text(&error.to_string()));
+            eprintln!("redtail status: {}", scrubbed(&error, &args));
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The error's message with the Redis URL's password hidden, both as
+/// written (maybe percent-encoded) and as decoded for the server.
+fn scrubbed(error: &StatusError, args: &StatusArgs) -> String {
+    let Some(url) = args.redis_url.0.first() else {
+        return error.to_string();
+    };
+    let decoded = url
+        .url
+        .expose_secret()
+        .into_connection_info()
+        .ok()
+        .and_then(|info| info.redis_settings().password().map(str::to_owned));
+    let written = url.url.expose_password().unwrap_or_default();
+    hide_secrets(
+        &error.to_string(),
+        &[written, decoded.as_deref().unwrap_or_default()],
+    )
 }
 
 /// Reads the cluster named by `args` and renders it in `args.format`.

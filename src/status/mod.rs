@@ -32,6 +32,8 @@ use std::time::{Duration, SystemTime};
 use ::cluster::{ClusterError, ClusterKeys, MemberId, ShardMap, cluster_status, live_members};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::config::{REDACTED, Secret};
+
 pub use command::{read_status, run_status_command};
 pub use render::render_table;
 pub use report::{ClusterStatusReport, ShardRow, Summary};
@@ -82,6 +84,8 @@ pub struct StatusSource {
     keys: ClusterKeys,
     map: ShardMap,
     member: Option<MemberId>,
+    /// The Redis password, kept only to scrub it from error messages.
+    password: Option<Secret>,
 }
 
 impl StatusSource {
@@ -102,6 +106,11 @@ impl StatusSource {
         let settings = |e: ClusterError| StatusError::Settings(e.to_string());
         let keys = ClusterKeys::new(metadata_prefix).map_err(settings)?;
         let map = ShardMap::new(shards).map_err(settings)?;
+        let password = client
+            .get_connection_info()
+            .redis_settings()
+            .password()
+            .map(Secret::new);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -114,7 +123,15 @@ impl StatusSource {
             keys,
             map,
             member,
+            password,
         })
+    }
+
+    /// `text` (an error message meant for an operator) with this source's
+    /// Redis password hidden, in case a client error ever quotes it.
+    pub fn redact(&self, text: &str) -> String {
+        let password = self.password.as_ref().map(Secret::expose_secret);
+        hide_secrets(text, password.as_slice())
     }
 
     /// The number of shards this source reports on.
@@ -171,5 +188,53 @@ impl StatusSource {
             self.member.as_ref(),
             SystemTime::now(),
         ))
+    }
+}
+
+/// `text` with every occurrence of each non-empty secret replaced by `***`.
+/// Pure: the last line of defence before a message is printed or served.
+pub fn hide_secrets(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .fold(text.to_owned(), |text, secret| {
+            text.replace(secret, REDACTED)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hide_secrets_table() {
+        let cases: [(&str, &[&str], &str); 5] = [
+            ("auth failed for pw", &["pw"], "auth failed for ***"),
+            (
+                "a:p%40ss@h and p@ss",
+                &["p%40ss", "p@ss"],
+                "a:***@h and ***",
+            ),
+            ("nothing secret", &["pw"], "nothing secret"),
+            (
+                "empty secrets change nothing",
+                &[""],
+                "empty secrets change nothing",
+            ),
+            ("no secrets at all", &[], "no secrets at all"),
+        ];
+        for (text, secrets, want) in cases {
+            assert_eq!(hide_secrets(text, secrets), want, "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_redacts_its_own_password() {
+        let client = redis::Client::open("redis://user:s3cr%40t@127.0.0.1:1/0").unwrap();
+        let source = StatusSource::connect(client, "p::", 4, None).unwrap();
+        assert_eq!(
+            source.redact("WRONGPASS s3cr@t rejected"),
+            "WRONGPASS *** rejected"
+        );
     }
 }

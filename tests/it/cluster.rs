@@ -17,12 +17,12 @@ const CLUSTER: [(&str, &str); 5] = [
     ("OTR_SHUTDOWN_GRACE", "10s"),
 ];
 
-/// Inserts `n` documents spread over ten collections, `pace` apart; returns
+/// Inserts `n` documents spread over a hundred collections (so every shard gets some), `pace` apart; returns
 /// the collection channel and id of each.
 async fn write(relay: &Relay, from: usize, n: usize, pace: Duration) -> Vec<(String, String)> {
     let mut written = Vec::new();
     for i in from..from + n {
-        let coll = format!("c{}", i % 10);
+        let coll = format!("c{}", i % 100);
         let id = format!("d{i:04}");
         relay
             .collection(&coll)
@@ -117,6 +117,21 @@ async fn two_members_split_the_shards_and_publish_each_change_once() {
         published(&relay.redtail) + published(&second),
         100.0,
         "only leaders publish: nothing twice"
+    );
+
+    // Once each member has learned which namespaces the other publishes, the
+    // server returns each entry to one member only: MongoDB's load stays flat.
+    let Some(sim) = relay.mongo.sim() else { return };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.counters().reset();
+    let more = write(&relay, 100, 200, Duration::ZERO).await;
+    let seen = wait_delivered(&relay, &more, Duration::from_secs(20)).await;
+    assert_once(&seen, &more, &relay.redtail.logs());
+    let returned = sim.counters().snapshot().oplog_tail.documents;
+    eprintln!("oplog entries returned to 2 members for 200 written: {returned}");
+    assert!(
+        returned < 300,
+        "{returned} oplog entries returned for 200 written to 2 members"
     );
 }
 

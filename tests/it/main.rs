@@ -11,4 +11,5 @@ mod faults;
 mod http;
 mod publish;
 mod relay;
+mod status;
 mod traces;

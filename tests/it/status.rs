@@ -401,6 +401,7 @@ async fn redtail_status_command_prints_the_table_and_exits_by_outcome() -> Resul
     let row_2 = table.stdout.lines().nth(3).unwrap_or_default();
     assert!(row_2.starts_with("2 "), "{row_2}");
     assert!(row_2.contains(seeded.b.as_str()), "{row_2}");
+    assert!(row_2.contains(" 10m0"), "600 s of lag: {row_2}");
     assert!(
         table.stdout.contains("8 shards: 2 led, 6 unled"),
         "{}",
