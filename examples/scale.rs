@@ -55,6 +55,15 @@ const IDLE_WINDOW: Duration = Duration::from_secs(2);
 const STALL: Duration = Duration::from_secs(5);
 /// Extra time after the last delivery, so late duplicates are counted.
 const LINGER: Duration = Duration::from_millis(700);
+/// Probing for the steady state lasts at least this long: redtail learns
+/// namespaces from the entries it reads and narrows its oplog query in
+/// periodic pushes (at most every 5 s), so a shorter warm-up would measure
+/// the discovery, not the steady state.
+const PROBE_MIN: Duration = Duration::from_secs(6);
+/// And at most this long.
+const PROBE_MAX: Duration = Duration::from_secs(15);
+/// Pause between probe rounds.
+const PROBE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The benchmark's knobs, from the environment.
 struct Knobs {
@@ -206,6 +215,13 @@ async fn measure(knobs: &Knobs, mode: Mode, count: usize) -> Result<Row> {
         );
     }
     let subscriber = Subscriber::start(&redis.url()).await?;
+    let probe = probe_steady_state(&sim, &subscriber, knobs.writes).await;
+    eprintln!(
+        "scale:   steady after {} probe rounds: Mongo returned {:?} entries per round of {}",
+        probe.rounds,
+        probe.returned_per_round,
+        load::COLLECTIONS
+    );
 
     // The coordination's own rate, with nothing to publish.
     let idle_before = server_stats::redis_calls(&redis.url()).await?;
@@ -222,7 +238,7 @@ async fn measure(knobs: &Knobs, mode: Mode, count: usize) -> Result<Row> {
         tokio::task::block_in_place(|| load::write_steadily(&sim, knobs.writes, knobs.rate));
     let deadline = Instant::now() + Duration::from_secs(30);
     subscriber
-        .wait_for(knobs.writes, deadline, STALL, LINGER)
+        .wait_for(knobs.writes + probe.written, deadline, STALL, LINGER)
         .await;
     let after = server_stats::redis_calls(&redis.url()).await?;
     let mongo = sim.counters().snapshot();
@@ -247,6 +263,7 @@ async fn measure(knobs: &Knobs, mode: Mode, count: usize) -> Result<Row> {
         redis_all: redis_cost.all,
         redis_evalsha: redis_cost.evalsha + redis_cost.eval,
         redis_publish: redis_cost.publish,
+        redis_commands: redis_cost.deltas.clone(),
         redis_idle_per_sec: idle_per_sec,
         redis_publishing: redis_cost.all - idle_per_sec * window_secs / delivered.max(1) as f64,
         mongo_entries: per_entry(mongo.oplog_tail.documents),
@@ -258,4 +275,52 @@ async fn measure(knobs: &Knobs, mode: Mode, count: usize) -> Result<Row> {
     sim.shutdown();
     drop(redis);
     Ok(row)
+}
+
+/// What the warm-up found.
+struct Probe {
+    /// Probe entries written (their writes are numbered from the load's end).
+    written: u64,
+    rounds: usize,
+    /// Oplog entries Mongo returned (to all replicas) per round.
+    returned_per_round: Vec<u64>,
+}
+
+/// Writes one insert per collection per round, waits for its delivery, and
+/// notes what Mongo returned for it, until the figure stops changing (after
+/// `PROBE_MIN`) or `PROBE_MAX` passes. Every replica thereby knows every
+/// namespace, and the load is measured in the steady state a long-running
+/// deployment is in.
+async fn probe_steady_state(sim: &MongoSim, subscriber: &Subscriber, writes: u64) -> Probe {
+    let started = Instant::now();
+    let mut probe = Probe {
+        written: 0,
+        rounds: 0,
+        returned_per_round: Vec::new(),
+    };
+    let round = load::COLLECTIONS as u64;
+    loop {
+        let before = sim.counters().snapshot().oplog_tail.documents;
+        for seq in writes + probe.written..writes + probe.written + round {
+            sim.engine().append_oplog_entry(load::insert_entry(seq));
+        }
+        probe.written += round;
+        probe.rounds += 1;
+        subscriber
+            .wait_for(
+                probe.written,
+                Instant::now() + Duration::from_secs(5),
+                STALL,
+                PROBE_PAUSE,
+            )
+            .await;
+        let returned = sim.counters().snapshot().oplog_tail.documents - before;
+        probe.returned_per_round.push(returned);
+        let last_two =
+            &probe.returned_per_round[probe.returned_per_round.len().saturating_sub(2)..];
+        let stable = last_two.len() == 2 && last_two[0] == last_two[1];
+        if (stable && started.elapsed() >= PROBE_MIN) || started.elapsed() >= PROBE_MAX {
+            return probe;
+        }
+    }
 }

@@ -10,6 +10,9 @@ use crate::publish_audit::message_id;
 use crate::subscriber::Delivery;
 use crate::writer::Written;
 
+/// One change as heard: (first delivered, acknowledged, publishing epoch).
+type Heard = (Instant, Instant, Option<u64>);
+
 /// A fault's time and the shards it affected, with the epochs they had.
 #[derive(Debug, Clone)]
 pub struct FaultMark {
@@ -122,7 +125,7 @@ pub fn analyse(
         ..Findings::default()
     };
     // (delivered at, written at, epoch) per shard, for gaps and epochs.
-    let mut per_shard: BTreeMap<u16, Vec<(Instant, Instant, Option<u64>)>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<u16, Vec<Heard>> = BTreeMap::new();
     for w in written {
         let on_collection = first.get(&(w.ns.clone(), w.id.clone()));
         let on_document = first.get(&(format!("{}::{}", w.ns, w.id), w.id.clone()));
@@ -162,7 +165,7 @@ pub fn analyse(
 /// The largest `Δdelivery − Δwrite` over consecutive deliveries: how much
 /// longer than the writes' own spacing the shard went without a publish (so
 /// a pause of the writer, e.g. during a Mongo step-down, is not counted).
-fn largest_extra_gap(list: &[(Instant, Instant, Option<u64>)]) -> Duration {
+fn largest_extra_gap(list: &[Heard]) -> Duration {
     list.windows(2)
         .map(|pair| {
             let delivered = pair[1].0 - pair[0].0;
@@ -173,12 +176,7 @@ fn largest_extra_gap(list: &[(Instant, Instant, Option<u64>)]) -> Duration {
         .unwrap_or_default()
 }
 
-fn check_epochs(
-    shard: u16,
-    list: &[(Instant, Instant, Option<u64>)],
-    generations: &[Instant],
-    findings: &mut Findings,
-) {
+fn check_epochs(shard: u16, list: &[Heard], generations: &[Instant], findings: &mut Findings) {
     let mut highest: Option<u64> = None;
     let mut generation = 0;
     for (at, _, epoch) in list {
@@ -198,11 +196,7 @@ fn check_epochs(
     }
 }
 
-fn takeover(
-    per_shard: &BTreeMap<u16, Vec<(Instant, Instant, Option<u64>)>>,
-    fault: &FaultMark,
-    findings: &mut Findings,
-) {
+fn takeover(per_shard: &BTreeMap<u16, Vec<Heard>>, fault: &FaultMark, findings: &mut Findings) {
     let mut worst = None;
     for (shard, old_epoch) in &fault.shards {
         let first_new = per_shard.get(shard).and_then(|list| {

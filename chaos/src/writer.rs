@@ -135,7 +135,10 @@ pub async fn run(
         }
         seq += 1;
         let index = usize::try_from(seq).unwrap_or(0) % plan.namespaces.len();
-        if plan.txn_every.is_some_and(|every| seq % every == 0) {
+        if plan
+            .txn_every
+            .is_some_and(|every| seq.is_multiple_of(every))
+        {
             let spanning = spanning_namespaces(&plan.namespaces, index);
             match write_transaction(&client, &spanning, seq).await {
                 Some(written) => {

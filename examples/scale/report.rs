@@ -45,6 +45,8 @@ pub struct Row {
     pub redis_evalsha: f64,
     /// `PUBLISH` per published message (run inside the script).
     pub redis_publish: f64,
+    /// Calls per Redis command name in the window (for the reading).
+    pub redis_commands: std::collections::BTreeMap<String, u64>,
     /// Redis commands per second with the replicas idle: leases, heartbeats,
     /// polls (the coordination cost, which does not depend on the load).
     pub redis_idle_per_sec: f64,
@@ -209,6 +211,7 @@ pub fn json_line(rows: &[Row], goals: Goals, writes: u64, rate: f64, total_secs:
                 "mongo_bytes_per_entry": finite(row.mongo_bytes),
                 "tail_cmds_per_sec_per_replica": finite(row.tail_commands_per_sec_per_replica),
                 "window_secs": finite(row.window_secs),
+                "redis_commands": row.redis_commands,
                 "redis_ratio_vs_1": finite(redis_x),
                 "mongo_ratio_vs_1": finite(mongo_x),
             })
@@ -264,6 +267,7 @@ mod tests {
             redis_all,
             redis_evalsha: 0.0,
             redis_publish: 0.0,
+            redis_commands: Default::default(),
             redis_idle_per_sec: 0.0,
             redis_publishing: 0.0,
             mongo_entries,

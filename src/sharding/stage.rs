@@ -87,6 +87,7 @@ impl ShardedStage {
             checkpoint_interval,
             max_outage,
         } = self.publishing;
+        self.metrics.cluster_shards.set(i64::from(map.shards()));
         let mut runner = Runner {
             transformer: self.transformer,
             denylist: self.denylist,

@@ -70,6 +70,10 @@ pub struct Metrics {
     /// `redtail_lease_transitions_total{reason}`: shards taken over
     /// (`acquired`), handed off (`released`), or lost (`lost`, `fenced`).
     pub lease_transitions: IntCounterVec,
+    /// `redtail_cluster_shards`: the cluster's shard count (cluster mode), so
+    /// `max(redtail_cluster_shards) - sum(redtail_shard_leases_held)` counts
+    /// shards nobody leads.
+    pub cluster_shards: IntGauge,
     /// `redtail_fenced_batches_total`: publish calls refused because the
     /// lease had moved to another instance (their changes are the new
     /// leader's to publish).
@@ -223,6 +227,11 @@ impl Metrics {
                 "redtail_lease_transitions_total",
                 "Shard leadership changes of this instance, by reason",
                 &["reason"],
+            ),
+            cluster_shards: int_gauge(
+                &registry,
+                "redtail_cluster_shards",
+                "The cluster's shard count (OTR_CLUSTER_SHARDS), exported by every member",
             ),
             fenced_batches: counter(
                 &registry,
