@@ -1,9 +1,11 @@
 //! The local demo behind `scripts/demo.sh`: MongoDB (mongo-sim), a real
-//! `redis-server` and the `redtail` binary, with a writer changing documents
-//! and a subscriber printing what redis-oplog would hear. Ctrl-C stops it all.
+//! `redis-server` and three `redtail` replicas in cluster mode, with a writer
+//! changing documents, a subscriber printing what redis-oplog would hear, and
+//! every few seconds which replica leads which shard. Ctrl-C stops it all.
 //!
 //! Nothing here is part of redtail itself; it only shows it working.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,6 +14,82 @@ use anyhow::{Context, Result, bail};
 use bson::doc;
 use futures_util::StreamExt;
 use mongo_sim::{MongoSim, SimOptions};
+
+const REPLICAS: usize = 3;
+const SHARDS: u16 = 8;
+const NAMES: [&str; REPLICAS] = ["replica-1", "replica-2", "replica-3"];
+const COLLECTIONS: [&str; 4] = ["tasks", "lists", "users", "comments"];
+
+/// One redtail replica of the demo.
+struct Replica {
+    name: &'static str,
+    child: Child,
+    http_port: u16,
+}
+
+fn start_replica(
+    bin: &PathBuf,
+    mongo: &str,
+    redis: &str,
+    n: usize,
+    logs: &std::path::Path,
+) -> Result<Replica> {
+    let name = NAMES[n - 1];
+    let http_port = free_port()?;
+    let child = Command::new(bin)
+        .env("OTR_MONGO_URL", mongo)
+        .env("OTR_REDIS_URL", redis)
+        .env("OTR_HTTP_SERVER_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("OTR_CLUSTER", "true")
+        .env("OTR_CLUSTER_SHARDS", SHARDS.to_string())
+        .env("OTR_CLUSTER_LEASE_TTL", "3s")
+        .env("OTR_CLUSTER_RENEW_INTERVAL", "500ms")
+        // Its own process group: Ctrl-C reaches only the demo, which then
+        // stops each replica with SIGTERM (a second signal would cut its drain).
+        .process_group(0)
+        .stdout(std::fs::File::create(logs.join(format!("{name}.log")))?)
+        .stderr(std::fs::File::create(
+            logs.join(format!("{name}.stderr.log")),
+        )?)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Replica {
+        name,
+        child,
+        http_port,
+    })
+}
+
+/// Every 5 s: which replica leads which shard, from each replica's `/status`.
+async fn print_leaders(ports: Vec<u16>) -> Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut member_names = std::collections::HashMap::new();
+        let mut report = None;
+        for (port, name) in ports.iter().zip(NAMES) {
+            if let Some(body) = http_get(*port, "/status").await {
+                let json: serde_json::Value = serde_json::from_str(&body)?;
+                if let Some(member) = json["reported_by"].as_str() {
+                    member_names.insert(member.to_owned(), name);
+                }
+                report = Some(json);
+            }
+        }
+        let Some(report) = report else { continue };
+        let mut line = String::from("shards:");
+        for row in report["shards"].as_array().into_iter().flatten() {
+            let leader = row["leader"]
+                .as_str()
+                .map_or("none", |m| member_names.get(m).copied().unwrap_or("?"));
+            line.push_str(&format!(
+                "  {}->{}",
+                row["shard"],
+                leader.trim_start_matches("replica-")
+            ));
+        }
+        println!("{line}   (replica number per shard)");
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -42,36 +120,47 @@ async fn main() -> Result<()> {
             "no",
         ])
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .context("starting redis-server (run scripts/setup.sh to install it)")?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     wait_for_redis(&redis_url).await?;
     println!("redis-server  {redis_url}");
 
-    let http_port = free_port()?;
-    let log_path = logs.join("redtail.log");
-    let mut redtail = Command::new(&redtail_bin)
-        .env("OTR_MONGO_URL", sim.url())
-        .env("OTR_REDIS_URL", &redis_url)
-        .env("OTR_HTTP_SERVER_ADDR", format!("127.0.0.1:{http_port}"))
-        .stdout(std::fs::File::create(&log_path)?)
-        .stderr(std::fs::File::create(logs.join("redtail.stderr.log"))?)
-        .spawn()
-        .context("starting redtail")?;
-    wait_ready(http_port).await?;
+    let mut replicas = Vec::new();
+    for n in 1..=REPLICAS {
+        replicas.push(start_replica(
+            &redtail_bin,
+            &sim.url(),
+            &redis_url,
+            n,
+            &logs,
+        )?);
+    }
+    for replica in &replicas {
+        wait_ready(replica.http_port).await?;
+    }
     println!(
-        "redtail       http://127.0.0.1:{http_port}/metrics  (logs: {})",
-        log_path.display()
+        "redtail       {REPLICAS} replicas in cluster mode, {SHARDS} shards; status: http://127.0.0.1:{}/status/page  (logs: {})",
+        replicas[0].http_port,
+        logs.display()
     );
-    println!("\nwriting to demo.tasks every second; what redis-oplog hears:\n");
+    println!(
+        "\nwriting to demo.* every second; what redis-oplog hears, and every 5 s who leads which shard:\n"
+    );
 
     let subscriber = tokio::spawn(print_messages(redis_url.clone()));
     let writer = tokio::spawn(write_forever(sim.url()));
+    let ports: Vec<u16> = replicas.iter().map(|r| r.http_port).collect();
+    let leaders = tokio::spawn(print_leaders(ports));
 
     tokio::signal::ctrl_c().await?;
     println!("\nstopping: writer, redtail (SIGTERM, drains), redis-server, mongo-sim");
     writer.abort();
-    stop_gracefully(&mut redtail);
+    leaders.abort();
+    for replica in &mut replicas {
+        stop_gracefully(&mut replica.child, replica.name);
+    }
     subscriber.abort();
     let _ = redis.kill();
     let _ = redis.wait();
@@ -83,10 +172,11 @@ async fn main() -> Result<()> {
 /// then a transaction, one step a second.
 async fn write_forever(url: String) -> Result<()> {
     let client = mongodb::Client::with_uri_str(&url).await?;
-    let tasks = client
-        .database("demo")
-        .collection::<bson::Document>("tasks");
+    let db = client.database("demo");
     for step in 0u64.. {
+        // Several collections, so every shard (and so every replica) gets some.
+        let tasks =
+            db.collection::<bson::Document>(COLLECTIONS[(step / 3) as usize % COLLECTIONS.len()]);
         let id = format!("task{}", step / 3);
         match step % 3 {
             0 => tasks
@@ -128,13 +218,13 @@ async fn print_messages(url: String) -> Result<()> {
     Ok(())
 }
 
-fn stop_gracefully(child: &mut Child) {
+fn stop_gracefully(child: &mut Child, name: &str) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     for _ in 0..300 {
         if let Ok(Some(status)) = child.try_wait() {
-            println!("redtail exited: {status}");
+            println!("{name} exited: {status}");
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -158,20 +248,35 @@ async fn wait_for_redis(url: &str) -> Result<()> {
     bail!("redis-server did not answer within 5 s")
 }
 
+/// The body of a 200 answer, None otherwise.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.ok()?;
+    let ok = reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200");
+    ok.then(|| {
+        reply
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    })
+}
+
 async fn wait_ready(port: u16) -> Result<()> {
     for _ in 0..200 {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await?;
-            if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if http_get(port, "/readyz").await.is_some() {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("redtail was not ready within 20 s (see target/demo/redtail.log)")
+    bail!("a redtail replica was not ready within 20 s (see target/demo/*.log)")
 }
 
 fn free_port() -> Result<u16> {

@@ -12,6 +12,7 @@ mod denylist_api;
 mod healthz;
 mod metrics_endpoint;
 mod status;
+mod status_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint::metrics))
         .route("/status", get(status::status))
+        .route("/status/page", get(status_page::status_page))
         .merge(denylist_api::routes())
         .fallback(not_found)
         .with_state(state)
