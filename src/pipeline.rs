@@ -156,8 +156,11 @@ async fn run_lanes(
     // overruns the grace period.
     let drain_deadline = CancellationToken::new();
     let mut lane_tasks = Vec::with_capacity(lanes.len());
+    // OTR_BUFFER_SIZE counts publications; each batch carries up to
+    // MAX_RECORDS_PER_BATCH entries' worth, so the queue holds that many fewer.
+    let lane_capacity = (buffer / MAX_RECORDS_PER_BATCH).max(2);
     for publisher in lanes {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let (tx, rx) = mpsc::channel(lane_capacity);
         stage.lanes.push(tx);
         let token = drain_deadline.clone();
         lane_tasks.push(tokio::spawn(async move { publisher.run(rx, token).await }));

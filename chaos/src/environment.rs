@@ -344,7 +344,7 @@ impl Environment {
             &[],
         )
         .lost_ids;
-        let (indexed, marked) = self.publish.markers(&unheard).await;
+        let (indexed, marked, keys) = self.publish.markers(&unheard).await;
         let epochs = self.publish.stop().await;
         let audit = self.leases.stop().await;
         let deliveries = self.subscriber.snapshot();
@@ -376,7 +376,7 @@ impl Environment {
                 Verdict::Info,
                 format!(
                     "{} unheard writes: {indexed} found in the oplog, {marked} of them have a dedup marker \
-                     in Redis (published by some instance but not heard), the rest were never published",
+                     in Redis (published by some instance but not heard), the rest were never published; {keys:?}",
                     unheard.len()
                 ),
             ));

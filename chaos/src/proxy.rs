@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// Most connections one proxy accepts over its life.
+const MAX_ACCEPTS: usize = 100_000;
+
 /// How long a proxied connection may take to reach its target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,8 +101,9 @@ impl Drop for FaultProxy {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<ProxyState>) {
-    // Ends when the proxy is dropped (the task is aborted).
-    loop {
+    // Ends when the proxy is dropped (the task is aborted), or after
+    // MAX_ACCEPTS connections, far more than any scenario opens.
+    for _ in 0..MAX_ACCEPTS {
         let Ok((client, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;

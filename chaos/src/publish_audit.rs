@@ -32,6 +32,20 @@ pub fn position(ts: bson::Timestamp) -> u64 {
     (u64::from(ts.time) << 32) | u64::from(ts.increment)
 }
 
+/// `T:I` (and the txIdx) of a dedup key, as redtail logs positions.
+fn readable_position(key: &str) -> String {
+    let mut parts = key.rsplit("::");
+    let tx_index = parts.next().unwrap_or_default();
+    match parts.next().and_then(|p| p.parse::<u64>().ok()) {
+        Some(p) => format!(
+            "{{ time: {}, increment: {} }} txIdx {tx_index}",
+            p >> 32,
+            p & 0xffff_ffff
+        ),
+        None => key.to_string(),
+    }
+}
+
 /// The (document id, dedup key) pairs of one oplog entry: an insert, or a
 /// transaction's `applyOps` whose CRUD operations are numbered by `txIdx`.
 pub fn dedup_keys(entry: &Document, prefix: &str) -> Vec<(String, String)> {
@@ -133,13 +147,23 @@ impl PublishAuditor {
     /// many of those have a dedup marker in Redis: a marker means some
     /// instance did publish the change, so the subscriber missed it (or it
     /// went to a Redis that was then wiped); no marker means nobody did.
-    pub async fn markers(&self, ids: &[String]) -> (usize, usize) {
-        let keys: Vec<String> = {
+    /// Also returns a few `id = dedup key` pairs: the key holds the oplog
+    /// position, to compare with the checkpoints in the instances' logs.
+    pub async fn markers(&self, ids: &[String]) -> (usize, usize, Vec<String>) {
+        let pairs: Vec<(String, String)> = {
             let index = self.index.lock().expect("index lock");
-            ids.iter().filter_map(|id| index.get(id).cloned()).collect()
+            ids.iter()
+                .filter_map(|id| index.get(id).map(|key| (id.clone(), key.clone())))
+                .collect()
         };
+        let examples = pairs
+            .iter()
+            .take(5)
+            .map(|(id, key)| format!("{id} at {}", readable_position(key)))
+            .collect();
+        let keys: Vec<String> = pairs.into_iter().map(|(_, key)| key).collect();
         if keys.is_empty() {
-            return (0, 0);
+            return (0, 0, examples);
         }
         let lookup = async {
             let mut conn = self.redis.get_multiplexed_async_connection().await.ok()?;
@@ -154,7 +178,7 @@ impl PublishAuditor {
             .ok()
             .flatten()
             .map_or(0, |values| values.iter().filter(|v| v.is_some()).count());
-        (keys.len(), marked)
+        (keys.len(), marked, examples)
     }
 
     /// Stops, after one more round so late deliveries are looked up too.
@@ -348,6 +372,10 @@ mod tests {
                 ("x1-0".to_string(), format!("p::processed::{origin}::0")),
                 ("x1-1".to_string(), format!("p::processed::{origin}::1")),
             ]
+        );
+        assert_eq!(
+            readable_position(&format!("p::processed::{origin}::2")),
+            "{ time: 1700000000, increment: 3 } txIdx 2"
         );
         let noop = doc! { "ts": ts, "op": "n", "ns": "", "o": { "msg": "x" } };
         assert!(dedup_keys(&noop, "p::").is_empty());

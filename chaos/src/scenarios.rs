@@ -203,7 +203,13 @@ async fn fenced_check(env: &Environment, victim: usize, required: bool) -> Check
         metric.map_or("unavailable".to_string(), |m| m.to_string())
     );
     let name = "victim's late batches fenced";
-    if required {
+    if !env.settings.cluster {
+        Check::with(
+            name,
+            Verdict::Skip,
+            format!("cluster mode off (no fencing): {detail}"),
+        )
+    } else if required {
         Check::judged(name, metric.unwrap_or(0.0) > 0.0 || logged > 0, detail)
     } else {
         Check::with(name, Verdict::Info, detail)

@@ -530,7 +530,7 @@ pub struct Config {
         env = "OTR_REDIS_MAX_IN_FLIGHT",
         help_heading = REDTAIL,
         value_name = "N",
-        default_value = "16",
+        default_value = "64",
         value_parser = values::count
     )]
     pub redis_max_in_flight: usize,

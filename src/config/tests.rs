@@ -70,7 +70,7 @@ fn defaults_match_oplogtoredis() {
     assert!(!c.log_debug);
     assert!(!c.log_quiet);
     assert_eq!(c.redis_max_outage, secs(30));
-    assert_eq!(c.redis_max_in_flight, 16);
+    assert_eq!(c.redis_max_in_flight, 64);
     assert_eq!(c.catch_up_policy, CatchUpPolicy::SkipToEnd);
     assert_eq!(c.shutdown_grace, secs(30));
     assert!(c.http_admin_token.is_none());

@@ -27,6 +27,9 @@ impl Config {
             flush_interval: self.timestamp_flush_interval,
             max_outage: self.redis_max_outage,
             ordinal,
+            // Batches of up to 512 publications: keep the fan-out queues
+            // within OTR_BUFFER_SIZE publications too.
+            destination_queue: (self.buffer_size / 512).max(2),
             resume_read: ResumeReadPolicy {
                 attempts: self.resume_ts_read_retries.max(1) as u32,
                 delay: self.resume_ts_read_retry_delay,

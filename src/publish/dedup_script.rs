@@ -30,10 +30,11 @@ for i = 1, #KEYS do
   local message = ARGV[next_arg]
   local first_channel = next_arg + 2
   next_arg = first_channel + tonumber(ARGV[next_arg + 1])
-  if redis.call('GET', KEYS[i]) then
+  -- One SET NX EX does oplogtoredis's GET-then-SETEX (same key, value and
+  -- TTL, so both still deduplicate each other) in one command.
+  if not redis.call('SET', KEYS[i], 1, 'NX', 'EX', expiration) then
     published[i] = 0
   else
-    redis.call('SETEX', KEYS[i], expiration, 1)
     for c = first_channel, next_arg - 1 do
       redis.call('PUBLISH', ARGV[c], message)
     end
