@@ -8,4 +8,6 @@ export MONGO_SIM_PYTHON="$PWD/target/pyenv/bin/python"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/validate-deploy.sh
+# The chaos suite's fast subset drives the real binary.
+cargo build --locked -p redtail --bin redtail
 cargo test --workspace --locked

@@ -22,20 +22,16 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// A shard taken over at `checkpoint` while the stage has processed up
-    /// to `stream`: if the stream is already past the checkpoint, the shard
-    /// waits for a replay from there; otherwise entries up to the checkpoint
-    /// are simply skipped as they arrive.
-    pub fn taken_over(
-        token: LeaseToken,
-        checkpoint: Option<OplogPosition>,
-        stream: Option<OplogPosition>,
-    ) -> Self {
-        let behind = matches!((checkpoint, stream), (Some(c), Some(s)) if c < s);
+    /// A shard taken over at `checkpoint`. With a checkpoint, it waits for
+    /// the source to read again from there: the source may already have read
+    /// past it with a query that left this shard's namespaces out (another
+    /// instance published them), so what the stream holds is not enough.
+    /// Without one (nothing read yet anywhere), it takes everything.
+    pub fn taken_over(token: LeaseToken, checkpoint: Option<OplogPosition>) -> Self {
         Self {
             token,
             handled_upto: checkpoint,
-            awaiting_replay_from: behind.then_some(checkpoint).flatten(),
+            awaiting_replay_from: checkpoint,
             checkpointed: checkpoint,
         }
     }
@@ -86,34 +82,32 @@ mod tests {
     }
 
     #[test]
-    fn takeover_ahead_of_or_at_the_stream_skips_what_the_checkpoint_covers() {
-        for stream in [None, p(4), p(5)] {
-            let state = ShardState::taken_over(token(), p(5), stream);
-            assert_eq!(state.awaiting_replay_from, None, "stream {stream:?}");
-            assert!(!state.wants(p(5)));
-            assert!(state.wants(p(6)));
-        }
-    }
-
-    #[test]
-    fn takeover_behind_the_stream_waits_for_the_replay() {
-        let mut state = ShardState::taken_over(token(), p(5), p(9));
+    fn a_takeover_waits_for_the_source_to_read_again_from_the_checkpoint() {
+        let mut state = ShardState::taken_over(token(), p(5));
         assert!(!state.wants(p(10)), "records before the replay are ignored");
         state.handled(OplogPosition::new(100, 10));
         assert_eq!(state.handled_upto, p(5), "ignored records are not handled");
         state.replay_started(OplogPosition::new(100, 7));
         assert!(
-            !state.wants(p(6)),
+            !state.wants(p(8)),
             "a replay from after the checkpoint does not count"
         );
         state.replay_started(OplogPosition::new(100, 2));
-        assert!(!state.wants(p(5)));
+        assert!(!state.wants(p(5)), "what the checkpoint covers is skipped");
+        assert!(state.wants(p(6)));
+    }
+
+    #[test]
+    fn a_replay_starting_exactly_at_the_checkpoint_counts() {
+        let mut state = ShardState::taken_over(token(), p(5));
+        state.replay_started(OplogPosition::new(100, 5));
         assert!(state.wants(p(6)));
     }
 
     #[test]
     fn replayed_entries_already_handled_are_skipped() {
-        let mut state = ShardState::taken_over(token(), p(1), None);
+        let mut state = ShardState::taken_over(token(), p(1));
+        state.replay_started(OplogPosition::new(100, 1));
         for i in 2..=8 {
             state.handled(OplogPosition::new(100, i));
         }
@@ -126,7 +120,7 @@ mod tests {
 
     #[test]
     fn no_checkpoint_takes_everything_from_now_on() {
-        let state = ShardState::taken_over(token(), None, p(3));
+        let state = ShardState::taken_over(token(), None);
         assert_eq!(state.awaiting_replay_from, None);
         assert!(state.wants(p(4)));
     }

@@ -261,7 +261,7 @@ impl Runner {
                 return None;
             }
         };
-        let state = ShardState::taken_over(token, checkpoint, self.stream);
+        let state = ShardState::taken_over(token, checkpoint);
         let rewind = state.awaiting_replay_from;
         tracing::info!(%shard, epoch = state.token.epoch, checkpoint = ?checkpoint, "took over a shard");
         self.metrics

@@ -247,10 +247,12 @@ impl OplogSource {
                 _ = shutdown.cancelled() => return Ok(TailEnd::Shutdown),
                 () = excluded_changed => return Ok(TailEnd::Requery("filter")),
                 Some(position) = rewind => {
-                    if last_read.is_none_or(|read| position < read) {
-                        return Ok(TailEnd::Rewind(position));
-                    }
-                    continue;
+                    // Also when the position is ahead of what was read: the
+                    // query restarts with the current filter (a shard just
+                    // taken over was excluded until now), and the marker
+                    // tells the taker where the new stream begins.
+                    let from = last_read.map_or(position, |read| read.min(position));
+                    return Ok(TailEnd::Rewind(from));
                 }
                 advanced = tokio::time::timeout(silence, cursor.advance()) => advanced,
             };

@@ -12,4 +12,5 @@ mod http;
 mod publish;
 mod relay;
 mod status;
+mod status_page;
 mod traces;
