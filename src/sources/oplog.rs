@@ -157,7 +157,9 @@ impl OplogSource {
             if last_read.is_none() {
                 match self.newest_position(&shutdown).await {
                     Ok(position) => {
-                        last_read = position;
+                        // An empty oplog: read from its very beginning, which
+                        // the zero position stands for (no entry has it).
+                        last_read = Some(position.unwrap_or_default());
                         announced = false;
                     }
                     Err(error) => {
@@ -239,7 +241,7 @@ impl OplogSource {
         };
         crate::pipeline::mark_ready(&self.ready);
         let silence = self.settings.query_timeout.max(self.settings.max_await * 2);
-        let mut expect_resume_entry = last_read.is_some();
+        let mut expect_resume_entry = last_read.is_some_and(|p| p != OplogPosition::default());
         loop {
             let rewind = next_rewind(&mut self.rewind);
             let excluded_changed = next_change(&mut self.excluded);
