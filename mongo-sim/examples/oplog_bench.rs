@@ -1,7 +1,7 @@
 //! Throughput of mongo-sim, so tests that stress redtail know the simulator
 //! is not their bottleneck.
 //!
-//! Run: `cargo run --release -p mongo-sim --example bench [-- <entries>]`
+//! Run: `cargo run --release -p mongo-sim --example oplog_bench [-- <entries>]`
 //!
 //! Prints two figures:
 //! - appends/s: raw oplog appends through `Engine::append_oplog_entry`;
