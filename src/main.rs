@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
@@ -192,9 +192,7 @@ async fn read_stored_position(
 
 /// Applies the catch-up rules to the stored position, with logs and metrics.
 fn start_plan(config: &Config, stored: Option<OplogPosition>, metrics: &Metrics) -> StartPlan {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = (redtail::telemetry::unix_millis() / 1000) as u64;
     let plan = plan_start(
         stored,
         now,

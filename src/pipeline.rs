@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bson::RawDocument;
 use sha2::{Digest, Sha256};
@@ -289,7 +289,7 @@ pub(crate) fn observe_entry(metrics: &Metrics, raw: &RawDocument, outcome: &Entr
             .inc_by(u64::from(outcome.unprocessable_fields));
     }
     if let Some(wall) = outcome.wall_ms {
-        let age_ns = (now_ms() - wall).max(0) as f64 * 1e6;
+        let age_ns = (crate::telemetry::unix_millis() - wall).max(0) as f64 * 1e6;
         m.last_received_staleness
             .with_label_values(&["0"])
             .set(age_ns);
@@ -344,12 +344,6 @@ pub fn lane_for_database(database: &str, lanes: usize) -> usize {
         .expect("a SHA-256 digest has 32 bytes");
     let key = i64::from_le_bytes(tail);
     key.rem_euclid(lanes as i64) as usize
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Marks the relay ready; kept here so the source's notion of "positioned"

@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -54,6 +54,7 @@ use super::target::Target;
 use crate::position::OplogPosition;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{DestinationTracer, PublishTracer, TracedMessage};
+use crate::telemetry::unix_millis;
 
 /// First pause after a failed call; doubled per retry up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -610,10 +611,4 @@ fn traced(publication: &crate::transform::Publication) -> TracedMessage<'_> {
 
 fn ready(reply: Reply) -> PendingReply {
     Box::pin(std::future::ready(reply))
-}
-
-fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

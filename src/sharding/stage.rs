@@ -106,7 +106,6 @@ impl ShardedStage {
             last_exclusion_push: Instant::now(),
             shards: BTreeMap::new(),
             shard_of_namespace: HashMap::new(),
-            stream: None,
             stream_start: None,
             resume: None,
         };
@@ -167,8 +166,6 @@ struct Runner {
     /// The shards this instance leads and publishes.
     shards: BTreeMap<ShardId, ShardState>,
     shard_of_namespace: HashMap<String, ShardId>,
-    /// Position of the last entry processed.
-    stream: Option<OplogPosition>,
     /// Where this run's stream began (the source's first position): a shard
     /// nobody ever checkpointed is published from there.
     stream_start: Option<OplogPosition>,
@@ -365,7 +362,6 @@ impl Runner {
                 self.shards
                     .values_mut()
                     .for_each(|state| state.handled(position));
-                self.stream = Some(position);
             }
             self.resume = outcome.resume_position.or(self.resume);
         }
@@ -530,9 +526,7 @@ impl ShardCall {
             .processed_messages
             .with_label_values(&["sent"])
             .inc_by(published.len() as u64);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = crate::telemetry::unix_millis();
         for (publication, &fresh) in self.publications.iter().zip(published) {
             if let (true, Some(wall)) = (fresh, publication.wall_ms) {
                 metrics
