@@ -52,6 +52,29 @@ pub async fn read_checkpoint(
         .transpose()
 }
 
+/// The checkpoints of `shards` in one `MGET`, in the same order; a missing
+/// or malformed value reads as `None` (the caller then knows nothing of that
+/// shard, which is always safe for a reader: it never moves anything).
+pub async fn read_checkpoints(
+    conn: &mut impl ConnectionLike,
+    keys: &ClusterKeys,
+    shards: &[ShardId],
+) -> Result<Vec<Option<u64>>> {
+    if shards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = shards.iter().map(|&s| keys.shard(s).checkpoint).collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&names)
+        .query_async(conn)
+        .await
+        .map_err(|e| ClusterError::redis(format!("reading {} checkpoints", shards.len()), e))?;
+    Ok(values
+        .iter()
+        .map(|value| value.as_deref().and_then(decode_checkpoint))
+        .collect())
+}
+
 /// Seeds the checkpoint of a shard that has none (e.g. from oplogtoredis's
 /// `lastProcessedEntry` on a first start). `SET NX`: an existing checkpoint
 /// is never overwritten, so this cannot move one backwards. Returns whether

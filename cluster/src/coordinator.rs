@@ -4,19 +4,31 @@
 //! keeps the live member list, the ranking of every shard and the leases this
 //! member holds, and tells the pipeline through a `watch` of [`Assignment`]:
 //!
-//! - **acquire** a free shard when this member ranks first for it (at once,
-//!   and at once again when a release is announced), when it ranks within the
-//!   standbys and the shard stayed free for `standby_grace` (so the preferred
-//!   member wins races), or, whatever its rank, when the shard stayed free
-//!   for a whole lease TTL (so no shard is ever orphaned by differing views);
+//! - **acquire** a free shard (see `AcquireRules`) when this member ranks
+//!   first for it (at once, and at once again when a release is announced),
+//!   when it ranks within the standbys and the shard stayed free for
+//!   `standby_grace` while its preferred member had a chance to take it (so
+//!   the preferred member wins races), or, whatever its rank, when the shard
+//!   stayed free for a whole lease TTL (so no shard is ever orphaned by
+//!   differing views);
+//! - **settle** at start: for its first `standby_grace` a member takes no
+//!   free shard on rank 1 alone (and its orphan TTL starts only after that),
+//!   because it cannot know yet who else is starting with it; a standby
+//!   likewise waits until it has known the preferred member for two graces.
+//!   Instances started together then each take their own preferred shards,
+//!   instead of the first one up taking every shard and handing them back
+//!   one per `handoff_interval`;
 //! - **renew** held leases every `renew_interval` ± jitter, together with the
 //!   membership heartbeat; a renewal that finds another token means the shard
 //!   is lost; when no renewal *sent* in the last `demote_after` succeeded
 //!   (monotonic clock), the member demotes itself before the lease can expire
 //!   on Redis;
 //! - **hand off** voluntarily a held shard for which another live member now
-//!   ranks first, at most one per `handoff_interval`, so a scale-out moves
-//!   shards gradually instead of in a storm: the shard moves from `leading`
+//!   ranks first, once this member has known that member for `standby_grace`
+//!   (so it has settled and takes the release at once, and its pipeline had
+//!   the time to start tailing the shard, which is in its `standby`), at most
+//!   one per `handoff_interval`, so a scale-out moves shards gradually
+//!   instead of in a storm: the shard moves from `leading`
 //!   to `draining`, the pipeline finishes its in-flight batches and final
 //!   checkpoint and calls [`Coordinator::drained`], then the lease is released
 //!   and announced (or after `drain_timeout`, whichever comes first; fencing
@@ -62,9 +74,14 @@ pub struct CoordinatorSettings {
     pub timing: LeaseTiming,
     /// Warm standbys per shard (ranks 2..=1+standbys).
     pub standbys: usize,
-    /// How long a standby lets a free shard wait for its preferred leader.
+    /// How long a standby lets a free shard wait for its preferred leader;
+    /// also how long a new member settles (takes no free shard on rank 1
+    /// alone) so that members started together learn of each other first.
     pub standby_grace: Duration,
-    /// At most one voluntary handoff per this interval.
+    /// At most one voluntary handoff per this interval and member. Short,
+    /// because the receiver already tails the shard into a warm window (it
+    /// is in its [`Assignment::standby`]), so a handoff costs it almost
+    /// nothing; it only keeps a scale-out from moving every shard at once.
     pub handoff_interval: Duration,
     /// How long a draining shard waits for [`Coordinator::drained`].
     pub drain_timeout: Duration,
@@ -80,7 +97,7 @@ impl Default for CoordinatorSettings {
             timing: LeaseTiming::default(),
             standbys: 1,
             standby_grace: Duration::from_secs(1),
-            handoff_interval: Duration::from_secs(10),
+            handoff_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(1),
         }
@@ -117,8 +134,11 @@ pub struct Assignment {
     /// Shards being handed off: finish in-flight batches and the final
     /// checkpoint with this token, then call [`Coordinator::drained`].
     pub draining: BTreeMap<ShardId, LeaseToken>,
-    /// Shards to stand by for (this member ranks 2..=1+standbys and does not
-    /// lead them): tail them into a window, ready to take over.
+    /// Shards to stand by for (this member ranks 1..=1+standbys and does not
+    /// hold them): tail them into a window, ready to take over. Rank 1 is
+    /// included because such a shard is about to come to this member: it is
+    /// free (and taken after the start-up settle), or another member holds
+    /// it and will hand it off, or has just released it.
     pub standby: BTreeSet<ShardId>,
 }
 
@@ -168,6 +188,9 @@ impl Coordinator {
         let _ = tokio::time::timeout(settings.request_timeout, ready_rx).await;
 
         let membership = Membership::new(keys.clone(), member.clone(), settings.timing.ttl);
+        // Taken before the join, so no other member can have seen us joined
+        // earlier than we count our own settle from.
+        let joined_at = Instant::now();
         membership.join(&mut conn).await?;
         let (assignment_tx, assignment_rx) = watch::channel(Assignment::default());
         let (drained_tx, drained_rx) = mpsc::unbounded_channel();
@@ -178,6 +201,8 @@ impl Coordinator {
             membership,
             me: member.clone(),
             members: vec![member.clone()],
+            joined_at,
+            known_since: HashMap::new(),
             held: BTreeMap::new(),
             free_since: HashMap::new(),
             released_at: HashMap::new(),
@@ -277,6 +302,71 @@ enum Notification {
     MembershipChanged,
 }
 
+/// What this member knows about one free shard when deciding to take it.
+#[derive(Debug, Clone, Copy)]
+struct FreeShard {
+    /// This member's 1-based rank for the shard (`usize::MAX`: unranked).
+    rank: usize,
+    /// How long this member has seen the shard free.
+    free_for: Duration,
+    /// How long ago this member joined.
+    joined_for: Duration,
+    /// How long this member has known the shard's preferred (rank 1) member.
+    preferred_known_for: Duration,
+    /// Whether this member released the shard less than a TTL ago.
+    gave_it_up: bool,
+}
+
+/// When a member takes a free shard: pure, so the races it arbitrates are
+/// table-tested without Redis.
+#[derive(Debug, Clone, Copy)]
+struct AcquireRules {
+    standbys: usize,
+    grace: Duration,
+    ttl: Duration,
+}
+
+impl From<&CoordinatorSettings> for AcquireRules {
+    fn from(settings: &CoordinatorSettings) -> Self {
+        Self {
+            standbys: settings.standbys,
+            grace: settings.standby_grace,
+            ttl: settings.timing.ttl,
+        }
+    }
+}
+
+impl AcquireRules {
+    /// - A shard free for a whole TTL is orphaned: anyone takes it, so
+    ///   differing views of the membership never leave it unpublished. A
+    ///   settling member's TTL counts from the end of its settle: otherwise,
+    ///   with a TTL not much longer than the grace, members started together
+    ///   would all take every shard as an orphan just as they settle.
+    /// - A shard this member gave up less than a TTL ago is taken back only
+    ///   when orphaned, so a handoff or an unhealthy release really moves it.
+    /// - The preferred member takes it at once, once it has settled (joined
+    ///   a grace ago): a newcomer's view may still miss members started at
+    ///   the same time, whose shards it would otherwise take and hand back
+    ///   one per handoff interval. A shard free for a grace needs no settle.
+    /// - A standby takes it after a grace, and only once the preferred
+    ///   member has had a grace of its own after its settle (known for two
+    ///   graces): the preferred member, settling or not, wins the race.
+    fn allow(&self, shard: &FreeShard) -> bool {
+        // The shard was first seen free after the join, so this is "free for
+        // a TTL since max(first seen free, end of the settle)".
+        let orphaned = shard.free_for >= self.ttl && shard.joined_for >= self.grace + self.ttl;
+        if shard.gave_it_up {
+            return orphaned;
+        }
+        let preferred =
+            shard.rank == 1 && (shard.joined_for >= self.grace || shard.free_for >= self.grace);
+        let standby = shard.rank <= 1 + self.standbys
+            && shard.free_for >= self.grace
+            && shard.preferred_known_for >= self.grace * 2;
+        preferred || standby || orphaned
+    }
+}
+
 /// A lease this member holds.
 struct Held {
     lease: ShardLease,
@@ -296,6 +386,11 @@ struct Engine {
     me: MemberId,
     /// The live members, this one included while it has not left.
     members: Vec<MemberId>,
+    /// When this member joined: it settles for `standby_grace` from then.
+    joined_at: Instant,
+    /// When each other live member first appeared in `members`: one that
+    /// appeared less than `standby_grace` ago may still be settling.
+    known_since: HashMap<MemberId, Instant>,
     held: BTreeMap<ShardId, Held>,
     /// When each free shard was first seen free.
     free_since: HashMap<ShardId, Instant>,
@@ -369,6 +464,11 @@ impl Engine {
                 if !self.leaving && members != self.members {
                     debug!(member = %self.me, live = members.len(), "membership changed");
                 }
+                let now = Instant::now();
+                self.known_since.retain(|m, _| members.contains(m));
+                for m in &members {
+                    self.known_since.entry(m.clone()).or_insert(now);
+                }
                 self.members = members;
             }
             Err(e) => warn!(member = %self.me, error = %e, "could not list live members"),
@@ -412,7 +512,7 @@ impl Engine {
                         self.lose(shard, "its lease expired");
                     }
                     let since = *self.free_since.entry(shard).or_insert(now);
-                    if self.may_acquire(shard, now.duration_since(since)) {
+                    if self.may_acquire(shard, since, now) {
                         candidates.push(shard);
                     }
                 }
@@ -422,23 +522,40 @@ impl Engine {
         self.maybe_hand_off();
     }
 
-    /// Whether this member should take `shard`, free for `free_for`.
-    fn may_acquire(&self, shard: ShardId, free_for: Duration) -> bool {
+    /// Whether this member should take `shard`, seen free since `free_since`.
+    fn may_acquire(&self, shard: ShardId, free_since: Instant, now: Instant) -> bool {
         if self.leaving || self.held.contains_key(&shard) {
             return false;
         }
-        let orphaned = free_for >= self.settings.timing.ttl;
-        let gave_it_up = self
-            .released_at
-            .get(&shard)
-            .is_some_and(|at| at.elapsed() < self.settings.timing.ttl);
-        if gave_it_up {
-            return orphaned;
-        }
-        let rank = rank_of(shard, &self.me, &self.members).unwrap_or(usize::MAX);
-        rank == 1
-            || (rank <= 1 + self.settings.standbys && free_for >= self.settings.standby_grace)
-            || orphaned
+        let ranking = rank(shard, &self.members);
+        let rank = ranking
+            .iter()
+            .position(|m| *m == self.me)
+            .map_or(usize::MAX, |i| i + 1);
+        let view = FreeShard {
+            rank,
+            free_for: now.saturating_duration_since(free_since),
+            joined_for: now.saturating_duration_since(self.joined_at),
+            preferred_known_for: ranking
+                .first()
+                .map_or(Duration::ZERO, |m| self.known_for(m, now)),
+            gave_it_up: self
+                .released_at
+                .get(&shard)
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.settings.timing.ttl),
+        };
+        AcquireRules::from(&self.settings).allow(&view)
+    }
+
+    /// How long this member has known `member` as live (itself: since it
+    /// joined).
+    fn known_for(&self, member: &MemberId, now: Instant) -> Duration {
+        let since = if *member == self.me {
+            Some(self.joined_at)
+        } else {
+            self.known_since.get(member).copied()
+        };
+        since.map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
     async fn acquire(&mut self, shards: Vec<ShardId>) {
@@ -483,7 +600,9 @@ impl Engine {
     }
 
     /// Starts draining one held shard that another live member now prefers,
-    /// unless a handoff started less than `handoff_interval` ago.
+    /// unless a handoff started less than `handoff_interval` ago. A member
+    /// known for less than `standby_grace` may still be settling, and would
+    /// leave the released shard free until its next poll: it waits.
     fn maybe_hand_off(&mut self) {
         if self
             .last_handoff
@@ -491,14 +610,19 @@ impl Engine {
         {
             return;
         }
+        let now = Instant::now();
+        let grace = self.settings.standby_grace;
         let candidate = self
             .held
             .iter()
             .filter(|(_, held)| held.draining_since.is_none())
             .map(|(&shard, _)| shard)
-            .find(|&shard| rank(shard, &self.members).first() != Some(&self.me));
+            .find(|&shard| {
+                rank(shard, &self.members)
+                    .first()
+                    .is_some_and(|p| *p != self.me && self.known_for(p, now) >= grace)
+            });
         if let Some(shard) = candidate {
-            let now = Instant::now();
             if let Some(held) = self.held.get_mut(&shard) {
                 held.draining_since = Some(now);
             }
@@ -615,8 +739,11 @@ impl Engine {
                 if shard.0 >= self.map.shards() || self.held.contains_key(&shard) {
                     return;
                 }
-                let since = *self.free_since.entry(shard).or_insert_with(Instant::now);
-                if self.may_acquire(shard, since.elapsed()) {
+                let now = Instant::now();
+                let since = *self.free_since.entry(shard).or_insert(now);
+                // A settling member does not take it here; its next poll
+                // after the settle does.
+                if self.may_acquire(shard, since, now) {
                     self.acquire(vec![shard]).await;
                 }
             }
@@ -634,7 +761,7 @@ impl Engine {
             }
         }
         if !self.leaving {
-            let standby_ranks = 2..=1 + self.settings.standbys;
+            let standby_ranks = 1..=1 + self.settings.standbys;
             next.standby = self
                 .map
                 .all()
@@ -721,6 +848,55 @@ async fn listen(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acquisition_follows_rank_settle_grace_and_orphaning() {
+        let rules = AcquireRules {
+            standbys: 1,
+            grace: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
+        };
+        let ms = Duration::from_millis;
+        // (rank, free_for, joined_for, preferred_known_for, gave_it_up, take)
+        let cases = [
+            // Settled preferred member: at once.
+            (1, ms(0), ms(1000), ms(1000), false, true),
+            (1, ms(0), ms(60_000), ms(60_000), false, true),
+            // Settling preferred member: waits for the settle...
+            (1, ms(0), ms(999), ms(999), false, false),
+            (1, ms(500), ms(500), ms(500), false, false),
+            // ...unless the shard has been free for a grace already.
+            (1, ms(1000), ms(200), ms(200), false, true),
+            // Standby: a grace free, and the preferred member known for two.
+            (2, ms(999), ms(60_000), ms(60_000), false, false),
+            (2, ms(1000), ms(60_000), ms(60_000), false, true),
+            (2, ms(1000), ms(60_000), ms(1999), false, false),
+            (2, ms(1500), ms(60_000), ms(2000), false, true),
+            // A standby started with the others: they are new to it too.
+            (2, ms(1000), ms(1000), ms(1000), false, false),
+            // Beyond the standbys: only orphans.
+            (3, ms(9999), ms(60_000), ms(60_000), false, false),
+            (3, ms(10_000), ms(60_000), ms(60_000), false, true),
+            (usize::MAX, ms(10_000), ms(60_000), ms(0), false, true),
+            // A newcomer counts the TTL of an orphan from its settle.
+            (3, ms(10_000), ms(10_999), ms(10_999), false, false),
+            (3, ms(10_000), ms(11_000), ms(11_000), false, true),
+            // Given up: only orphans, even at rank 1.
+            (1, ms(9999), ms(60_000), ms(60_000), true, false),
+            (1, ms(10_000), ms(60_000), ms(60_000), true, true),
+            (1, ms(10_000), ms(10_999), ms(10_999), true, false),
+        ];
+        for (rank, free_for, joined_for, preferred_known_for, gave_it_up, take) in cases {
+            let shard = FreeShard {
+                rank,
+                free_for,
+                joined_for,
+                preferred_known_for,
+                gave_it_up,
+            };
+            assert_eq!(rules.allow(&shard), take, "{shard:?}");
+        }
+    }
 
     #[test]
     fn settings_are_checked() {

@@ -35,7 +35,7 @@ pub mod shard_map;
 pub mod status;
 
 pub use checkpoint::{
-    decode_checkpoint, encode_checkpoint, initialize_checkpoint, read_checkpoint,
+    decode_checkpoint, encode_checkpoint, initialize_checkpoint, read_checkpoint, read_checkpoints,
 };
 pub use coordinator::{Assignment, Coordinator, CoordinatorSettings, ShardReleaser};
 pub use error::{ClusterError, FenceError};

@@ -632,6 +632,21 @@ pub struct Config {
     )]
     pub cluster_standbys: u16,
 
+    /// Publications kept in memory per shard this instance stands by for,
+    /// so a takeover publishes from memory instead of reading the oplog
+    /// again from the shard's checkpoint. Standby shards are tailed only
+    /// when this is above 0; each held publication costs roughly its JSON
+    /// plus its channel names (about 0.5 KiB for small documents).
+    #[arg(
+        long,
+        env = "OTR_CLUSTER_STANDBY_WINDOW",
+        help_heading = REDTAIL,
+        value_name = "N",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u32).range(0..=10_000_000)
+    )]
+    pub cluster_standby_window: u32,
+
     /// Bearer token required by the denylist's PUT and DELETE.
     ///
     /// Unset: those are only accepted from loopback clients (127.0.0.1, ::1).

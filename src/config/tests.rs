@@ -558,7 +558,7 @@ fn reference_lists_every_variable() {
         }
     }
     assert_eq!(
-        count, 35,
+        count, 36,
         "a setting was added or removed: update this count knowingly"
     );
     assert!(doc.contains("`HTTP_SERVER_ADDR`"));

@@ -59,6 +59,7 @@ impl Config {
             lease_ttl: self.cluster_lease_ttl,
             renew_interval: self.cluster_renew_interval,
             standbys: self.cluster_standbys,
+            standby_window: self.cluster_standby_window as usize,
             dedupe_expiration: self.redis_dedupe_expiration,
             checkpoint_interval: self.timestamp_flush_interval,
             max_outage: self.redis_max_outage,

@@ -476,10 +476,6 @@ impl DestinationLoop {
         };
         let label = self.ordinal_label.as_str();
         self.metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .inc_by(call.len() as u64);
-        self.metrics
             .redis_batch_size
             .with_label_values(&[label])
             .observe(call.len() as f64);
@@ -488,26 +484,11 @@ impl DestinationLoop {
             .with_label_values(&[label])
             .observe(elapsed.as_secs_f64());
         let now_ms = unix_millis();
-        for (publication, &outcome) in call.publications().zip(&outcomes) {
-            let status = match outcome {
-                Outcome::Published => "published",
-                Outcome::Duplicate => "duplicate",
-            };
-            let staleness =
-                (now_ms - i64::from(publication.origin.time) * 1000).max(0) as f64 / 1000.0;
-            self.metrics
-                .entry_staleness
-                .with_label_values(&[label, status])
-                .observe(staleness);
-            self.metrics
-                .last_entry_staleness
-                .with_label_values(&[label, status])
-                .set(staleness);
-            if let (Outcome::Published, Some(wall_ms)) = (outcome, publication.wall_ms) {
-                let latency = (now_ms - wall_ms).max(0) as f64 / 1000.0;
-                self.metrics.end_to_end_latency.observe(latency);
-            }
-        }
+        let delivered = call
+            .publications()
+            .zip(&outcomes)
+            .map(|(p, &outcome)| (p, outcome == Outcome::Published));
+        self.metrics.record_acknowledged(label, now_ms, delivered);
         if let Some(tracer) = &self.tracer {
             let messages = call.publications().zip(&outcomes).map(|(p, &outcome)| {
                 let mut message = traced(p);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ::cluster::{
     ClusterError, ClusterKeys, Coordinator, CoordinatorSettings, FencedPublisher, LeaseTiming,
-    MemberId, ShardMap,
+    MemberId, ShardId, ShardMap,
 };
 use redis::aio::ConnectionManager;
 
@@ -27,6 +27,8 @@ pub struct ClusterSettings {
     pub renew_interval: Duration,
     /// `OTR_CLUSTER_STANDBYS`.
     pub standbys: u16,
+    /// `OTR_CLUSTER_STANDBY_WINDOW`: publications kept per standby shard.
+    pub standby_window: usize,
     /// `OTR_REDIS_DEDUPE_EXPIRATION`.
     pub dedupe_expiration: Duration,
     /// `OTR_TIMESTAMP_FLUSH_INTERVAL`: how often idle shards checkpoint.
@@ -107,6 +109,7 @@ pub async fn join_cluster(
         map,
         checkpoint_interval: settings.checkpoint_interval,
         max_outage: settings.max_outage,
+        standby_window: settings.standby_window,
     };
     Ok((publishing, oldest))
 }
@@ -118,19 +121,11 @@ async fn oldest_checkpoint(
     keys: &ClusterKeys,
     map: &ShardMap,
 ) -> Result<Option<OplogPosition>, ShardingError> {
-    let names: Vec<String> = map
-        .all()
-        .map(|shard| keys.shard(shard).checkpoint)
-        .collect();
-    let values: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(&names)
-        .query_async(connection)
-        .await
-        .map_err(ShardingError::Connect)?;
-    Ok(values
-        .iter()
+    let shards: Vec<ShardId> = map.all().collect();
+    let checkpoints = ::cluster::read_checkpoints(connection, keys, &shards).await?;
+    Ok(checkpoints
+        .into_iter()
         .flatten()
-        .filter_map(|text| ::cluster::decode_checkpoint(text))
         .min()
         .map(OplogPosition::from_u64))
 }
@@ -147,6 +142,7 @@ mod tests {
             lease_ttl: Duration::from_secs(ttl),
             renew_interval: Duration::from_millis(renew_ms),
             standbys: 1,
+            standby_window: 100,
             dedupe_expiration: Duration::from_secs(150),
             checkpoint_interval: Duration::from_secs(1),
             max_outage: Duration::from_secs(30),

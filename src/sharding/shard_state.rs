@@ -36,6 +36,22 @@ impl ShardState {
         }
     }
 
+    /// A shard taken over at `checkpoint` from a complete standby window:
+    /// the window's publications cover everything up to `handled_upto`, so
+    /// the shard goes on live from there without reading the oplog again.
+    pub fn resumed_from_window(
+        token: LeaseToken,
+        checkpoint: OplogPosition,
+        handled_upto: OplogPosition,
+    ) -> Self {
+        Self {
+            token,
+            handled_upto: Some(handled_upto.max(checkpoint)),
+            awaiting_replay_from: None,
+            checkpointed: Some(checkpoint),
+        }
+    }
+
     /// Whether the entry at `position` is this shard's to publish now.
     pub fn wants(&self, position: Option<OplogPosition>) -> bool {
         if self.awaiting_replay_from.is_some() {
@@ -116,6 +132,19 @@ mod tests {
             "read again after another shard's rewind"
         );
         assert!(state.wants(p(9)));
+    }
+
+    #[test]
+    fn a_takeover_from_a_window_goes_on_live_after_what_the_window_held() {
+        let state = ShardState::resumed_from_window(
+            token(),
+            OplogPosition::new(100, 5),
+            OplogPosition::new(100, 9),
+        );
+        assert_eq!(state.awaiting_replay_from, None);
+        assert!(!state.wants(p(9)), "the window published it");
+        assert!(state.wants(p(10)));
+        assert_eq!(state.checkpointed, p(5));
     }
 
     #[test]

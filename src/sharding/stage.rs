@@ -1,5 +1,6 @@
 //! The cluster-mode stage: transform, route each publication to its shard,
-//! and publish the shards this instance leads through the fenced script.
+//! publish the shards this instance leads through the fenced script, and
+//! keep a window of the shards it stands by for.
 //!
 //! It runs batch by batch: one fenced call per led shard per batch, all
 //! shards' calls concurrently on one multiplexed connection, so order holds
@@ -10,14 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::cluster::{
-    Assignment, ClusterKeys, Coordinator, FencedPublisher, LeaseToken, PublishItem, ShardId,
-    ShardMap, ShardReleaser,
+    Assignment, ClusterKeys, Coordinator, FencedPublisher, LeaseToken, ShardId, ShardMap,
+    ShardReleaser,
 };
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::shard_call::{CallResult, ShardCall};
 use super::shard_state::ShardState;
+use super::standby_window::StandbyWindow;
 use crate::denylist::Denylist;
 use crate::pipeline::observe_entry;
 use crate::position::OplogPosition;
@@ -28,9 +31,6 @@ use crate::transform::{Publication, Transformer};
 
 /// Records folded into one batch when the source is ahead.
 const MAX_RECORDS_PER_BATCH: usize = 512;
-/// Pause after the first failed publish; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Everything cluster-mode publishing needs, built by `main`.
 pub struct ShardedPublishing {
@@ -49,6 +49,8 @@ pub struct ShardedPublishing {
     /// How long one batch is retried through a Redis outage before it is
     /// given up (`OTR_REDIS_MAX_OUTAGE`).
     pub max_outage: Duration,
+    /// Publications kept per standby shard; 0 tails no standby shard.
+    pub standby_window: usize,
 }
 
 /// The stage itself.
@@ -68,9 +70,10 @@ pub struct ShardedStage {
     pub excluded: watch::Sender<ExcludedNamespaces>,
 }
 
-/// Discovered namespaces are pushed to the source's filter every this many
-/// checkpoint intervals, within [1 s, 5 s] (each push re-issues the query);
-/// a takeover pushes at once.
+/// Discovered namespaces are pushed to the source's filter, and standby
+/// windows trimmed to their leaders' checkpoints, every this many checkpoint
+/// intervals, within [1 s, 5 s] (each push re-issues the query); a takeover
+/// pushes at once.
 const EXCLUSION_PUSH_EVERY: u32 = 5;
 
 impl ShardedStage {
@@ -86,6 +89,7 @@ impl ShardedStage {
             fenced,
             checkpoint_interval,
             max_outage,
+            standby_window,
         } = self.publishing;
         self.metrics.cluster_shards.set(i64::from(map.shards()));
         let mut runner = Runner {
@@ -104,9 +108,15 @@ impl ShardedStage {
             foreign: BTreeSet::new(),
             foreign_changed: false,
             last_exclusion_push: Instant::now(),
+            applied_exclusions: Arc::default(),
             shards: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            window_capacity: standby_window,
+            catching_up: HashMap::new(),
             shard_of_namespace: HashMap::new(),
             stream_start: None,
+            stream_at: None,
+            stream_high: None,
             resume: None,
         };
         let exclusion_push_interval = (checkpoint_interval * EXCLUSION_PUSH_EVERY)
@@ -136,6 +146,7 @@ impl ShardedStage {
                     runner.checkpoint_idle_shards().await;
                     if runner.last_exclusion_push.elapsed() >= exclusion_push_interval {
                         runner.push_exclusions();
+                        runner.trim_windows().await;
                     }
                 }
             }
@@ -159,26 +170,93 @@ struct Runner {
     max_outage: Duration,
     rewind: mpsc::UnboundedSender<OplogPosition>,
     excluded: watch::Sender<ExcludedNamespaces>,
-    /// Namespaces seen whose shard another instance leads.
+    /// Namespaces seen whose shard this instance neither leads nor stands
+    /// by for.
     foreign: BTreeSet<String>,
     foreign_changed: bool,
     last_exclusion_push: Instant,
+    /// The list the source's current query leaves out (as it announced).
+    applied_exclusions: ExcludedNamespaces,
     /// The shards this instance leads and publishes.
     shards: BTreeMap<ShardId, ShardState>,
+    /// The shards this instance stands by for, each with its window.
+    windows: BTreeMap<ShardId, StandbyWindow>,
+    window_capacity: usize,
+    /// Shards taken over whose publishing has not caught up yet.
+    catching_up: HashMap<ShardId, CatchUp>,
     shard_of_namespace: HashMap<String, ShardId>,
     /// Where this run's stream began (the source's first position): a shard
     /// nobody ever checkpointed is published from there.
     stream_start: Option<OplogPosition>,
+    /// The position of the last record read (it goes back on a rewind).
+    stream_at: Option<OplogPosition>,
+    /// The newest position ever read.
+    stream_high: Option<OplogPosition>,
     /// The transform's latest safe resume position: what checkpoints carry.
     resume: Option<OplogPosition>,
+}
+
+/// A takeover in progress, for `redtail_takeover_gap_seconds`.
+struct CatchUp {
+    since: Instant,
+    /// Caught up once a checkpoint of the shard reaches this position.
+    target: OplogPosition,
+    path: &'static str,
+}
+
+/// How a shard taken over resumes.
+enum Resumption {
+    /// Publish these from the standby window first, then go on live.
+    Window(Vec<Publication>),
+    /// The source must read again from this checkpoint.
+    ReadAgain(OplogPosition),
+    /// Nothing to catch up (no checkpoint anywhere yet, or given back).
+    Live,
 }
 
 impl Runner {
     /// Applies the coordinator's latest assignment: shards lost stop at
     /// once, shards to hand off get a final checkpoint and are released,
-    /// new shards are taken over from their checkpoint.
+    /// new shards are taken over from their checkpoint (from the standby
+    /// window when it covers it), and windows follow the standby set.
     async fn follow_assignment(&mut self) {
         let assignment = self.assignment.borrow_and_update().clone();
+        self.drop_lost_shards(&assignment);
+        for (shard, token) in &assignment.draining {
+            self.hand_back(*shard, token.clone()).await;
+        }
+        let mut rewind_to: Option<OplogPosition> = None;
+        let mut from_windows = BTreeMap::new();
+        for (shard, token) in &assignment.leading {
+            if self.shards.contains_key(shard) {
+                continue;
+            }
+            match self.take_over(*shard, token.clone()).await {
+                Resumption::Window(publications) => {
+                    from_windows.insert(*shard, publications);
+                }
+                Resumption::ReadAgain(from) => {
+                    rewind_to = Some(rewind_to.map_or(from, |r| r.min(from)));
+                }
+                Resumption::Live => {}
+            }
+        }
+        self.follow_standby(&assignment.standby);
+        // The source must query with new shards' namespaces included before
+        // it reads again from their checkpoints, and can drop those of
+        // shards handed away at once.
+        self.refresh_foreign();
+        if let Some(from) = rewind_to {
+            let _ = self.rewind.send(from);
+        }
+        if !from_windows.is_empty() {
+            self.publish(from_windows).await;
+        }
+        self.metrics.shard_leases_held.set(self.shards.len() as i64);
+    }
+
+    /// Stops publishing shards whose lease is no longer ours.
+    fn drop_lost_shards(&mut self, assignment: &Assignment) {
         let lost: Vec<ShardId> = self
             .shards
             .iter()
@@ -192,34 +270,64 @@ impl Runner {
             .map(|(shard, _)| *shard)
             .collect();
         for shard in lost {
-            self.shards.remove(&shard);
+            self.stop_leading(shard);
             self.metrics
                 .lease_transitions
                 .with_label_values(&["lost"])
                 .inc();
             tracing::warn!(%shard, "lost the lease of a shard; stopped publishing it");
         }
-        for (shard, token) in &assignment.draining {
-            self.hand_back(*shard, token.clone()).await;
-        }
-        let mut rewind_to: Option<OplogPosition> = None;
-        for (shard, token) in &assignment.leading {
-            if !self.shards.contains_key(shard) {
-                let from = self.take_over(*shard, token.clone()).await;
-                rewind_to = match (rewind_to, from) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+    }
+
+    fn stop_leading(&mut self, shard: ShardId) -> Option<ShardState> {
+        self.catching_up.remove(&shard);
+        let state = self.shards.remove(&shard)?;
+        self.metrics
+            .shard_lease_held
+            .with_label_values(&[&shard.0.to_string()])
+            .set(0);
+        Some(state)
+    }
+
+    /// Keeps a window for every standby shard (when windows are on): a new
+    /// one is complete at once unless the source's query leaves some of the
+    /// shard's namespaces out, in which case it completes when the source
+    /// announces a query without them.
+    fn follow_standby(&mut self, standby: &BTreeSet<ShardId>) {
+        let wanted: BTreeSet<ShardId> = if self.window_capacity == 0 {
+            BTreeSet::new()
+        } else {
+            standby
+                .iter()
+                .filter(|shard| !self.shards.contains_key(shard))
+                .copied()
+                .collect()
+        };
+        self.windows.retain(|shard, _| wanted.contains(shard));
+        let excluded = self.shards_of(&self.applied_exclusions.clone());
+        for shard in wanted {
+            if self.windows.contains_key(&shard) {
+                continue;
             }
+            let window = match self.stream_at {
+                Some(at) if !excluded.contains(&shard) => {
+                    StandbyWindow::complete_from(at, self.window_capacity)
+                }
+                _ => StandbyWindow::incomplete(self.window_capacity),
+            };
+            self.windows.insert(shard, window);
         }
-        // The source must query with new shards' namespaces included before
-        // it reads again from their checkpoints, and can drop those of
-        // shards handed away at once.
-        let led = &self.shards;
+        self.report_windows();
+    }
+
+    /// Recomputes which known namespaces no shard of ours needs, and pushes
+    /// the list to the source when it changed.
+    fn refresh_foreign(&mut self) {
+        let (led, windows) = (&self.shards, &self.windows);
         let foreign: BTreeSet<String> = self
             .shard_of_namespace
             .iter()
-            .filter(|(_, shard)| !led.contains_key(shard))
+            .filter(|(_, shard)| !led.contains_key(shard) && !windows.contains_key(shard))
             .map(|(namespace, _)| namespace.clone())
             .collect();
         if foreign != self.foreign {
@@ -227,10 +335,6 @@ impl Runner {
             self.foreign_changed = true;
             self.push_exclusions();
         }
-        if let Some(from) = rewind_to {
-            let _ = self.rewind.send(from);
-        }
-        self.metrics.shard_leases_held.set(self.shards.len() as i64);
     }
 
     /// Hands the source the current list of namespaces to leave out.
@@ -247,26 +351,59 @@ impl Runner {
         self.last_exclusion_push = Instant::now();
     }
 
-    /// Starts publishing `shard` from its checkpoint; returns where the
-    /// source must read again from, when the stream is already past it.
-    async fn take_over(&mut self, shard: ShardId, token: LeaseToken) -> Option<OplogPosition> {
+    /// Starts publishing `shard` from its checkpoint: from the standby
+    /// window when it holds everything after the checkpoint, else by asking
+    /// the source to read again from there (it may have read past it with
+    /// a query that left this shard's namespaces out).
+    async fn take_over(&mut self, shard: ShardId, token: LeaseToken) -> Resumption {
+        let window = self.windows.remove(&shard);
         let checkpoint = match self.checkpoint_of(shard).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
                 tracing::error!(%shard, %error, "cannot read the shard's checkpoint; giving the shard back");
                 self.releaser.drained(shard);
-                return None;
+                return Resumption::Live;
             }
         };
-        let state = ShardState::taken_over(token, checkpoint);
-        let rewind = state.awaiting_replay_from;
-        tracing::info!(%shard, epoch = state.token.epoch, checkpoint = ?checkpoint, "took over a shard");
+        let from_window = checkpoint.zip(window).and_then(|(c, w)| w.take_over(c));
+        let (state, resumption, path) = match (checkpoint, from_window) {
+            (Some(checkpoint), Some(taken)) => (
+                ShardState::resumed_from_window(token, checkpoint, taken.handled_upto),
+                Resumption::Window(taken.publications),
+                "window",
+            ),
+            (Some(checkpoint), None) => (
+                ShardState::taken_over(token, Some(checkpoint)),
+                Resumption::ReadAgain(checkpoint),
+                "replay",
+            ),
+            (None, _) => (ShardState::taken_over(token, None), Resumption::Live, ""),
+        };
+        if let Some(checkpoint) = checkpoint {
+            let target = self
+                .stream_high
+                .map_or(checkpoint, |high| high.max(checkpoint));
+            let since = Instant::now();
+            self.catching_up.insert(
+                shard,
+                CatchUp {
+                    since,
+                    target,
+                    path,
+                },
+            );
+        }
+        tracing::info!(%shard, epoch = state.token.epoch, checkpoint = ?checkpoint, path, "took over a shard");
         self.metrics
             .lease_transitions
             .with_label_values(&["acquired"])
             .inc();
+        self.metrics
+            .shard_lease_held
+            .with_label_values(&[&shard.0.to_string()])
+            .set(1);
         self.shards.insert(shard, state);
-        rewind
+        resumption
     }
 
     /// The shard's checkpoint, seeded with this run's start when it has none
@@ -290,7 +427,7 @@ impl Runner {
 
     /// Final checkpoint with the old token, then release.
     async fn hand_back(&mut self, shard: ShardId, token: LeaseToken) {
-        if let Some(state) = self.shards.remove(&shard)
+        if let Some(state) = self.stop_leading(shard)
             && state.awaiting_replay_from.is_none()
         {
             let checkpoint = self.resume.map(OplogPosition::as_u64);
@@ -322,7 +459,8 @@ impl Runner {
         self.metrics.shard_leases_held.set(0);
     }
 
-    /// Transforms records and sorts the publications of led shards by shard.
+    /// Transforms records and sorts the publications of led shards by
+    /// shard; those of standby shards go to their windows.
     fn route(
         &mut self,
         records: impl Iterator<Item = SourceRecord>,
@@ -331,10 +469,11 @@ impl Runner {
         for record in records {
             let raw = match record {
                 SourceRecord::Rewound(from) => {
-                    self.stream_start.get_or_insert(from);
-                    self.shards
-                        .values_mut()
-                        .for_each(|state| state.replay_started(from));
+                    self.on_rewound(from);
+                    continue;
+                }
+                SourceRecord::Filtered(list) => {
+                    self.on_filtered(list);
                     continue;
                 }
                 SourceRecord::OplogEntry(raw) => raw,
@@ -346,26 +485,68 @@ impl Runner {
                     continue;
                 }
                 let shard = self.shard_of(&publication.namespace);
-                match self.shards.get(&shard) {
-                    Some(state) if state.wants(outcome.position) => {
+                if let Some(state) = self.shards.get(&shard) {
+                    if state.wants(outcome.position) {
                         batches.entry(shard).or_default().push(publication);
                     }
-                    Some(_) => {}
-                    None => {
-                        if self.foreign.insert(publication.namespace.clone()) {
-                            self.foreign_changed = true;
-                        }
+                } else if let Some(window) = self.windows.get_mut(&shard) {
+                    if let Some(position) = outcome.position {
+                        window.record(position, publication);
                     }
+                } else if self.foreign.insert(publication.namespace.clone()) {
+                    self.foreign_changed = true;
                 }
             }
             if let Some(position) = outcome.position {
                 self.shards
                     .values_mut()
                     .for_each(|state| state.handled(position));
+                self.windows
+                    .values_mut()
+                    .for_each(|window| window.advance(position));
+                self.stream_at = Some(position);
+                self.stream_high = self.stream_high.max(Some(position));
             }
             self.resume = outcome.resume_position.or(self.resume);
         }
+        self.report_windows();
         batches
+    }
+
+    /// The source reads from just after `from` again (or for the first time).
+    fn on_rewound(&mut self, from: OplogPosition) {
+        self.stream_start.get_or_insert(from);
+        self.stream_at = Some(from);
+        self.shards
+            .values_mut()
+            .for_each(|state| state.replay_started(from));
+        // Windows waiting for their first position start here; a Filtered
+        // announcement right after corrects those the new query leaves out.
+        let excluded = self.shards_of(&self.applied_exclusions.clone());
+        for (shard, window) in &mut self.windows {
+            if !excluded.contains(shard) {
+                window.include_from(from);
+            }
+        }
+    }
+
+    /// The source's query now leaves `list` out: windows of shards with a
+    /// namespace in it are no longer complete; the others are from here.
+    fn on_filtered(&mut self, list: ExcludedNamespaces) {
+        let excluded = self.shards_of(&list);
+        self.applied_exclusions = list;
+        let stream_at = self.stream_at;
+        for (shard, window) in &mut self.windows {
+            if excluded.contains(shard) {
+                window.invalidate();
+            } else if let Some(at) = stream_at {
+                window.include_from(at);
+            }
+        }
+    }
+
+    fn shards_of(&mut self, namespaces: &[String]) -> BTreeSet<ShardId> {
+        namespaces.iter().map(|ns| self.shard_of(ns)).collect()
     }
 
     fn shard_of(&mut self, namespace: &str) -> ShardId {
@@ -375,6 +556,38 @@ impl Runner {
         let shard = self.map.shard_of(namespace);
         self.shard_of_namespace.insert(namespace.to_owned(), shard);
         shard
+    }
+
+    /// Drops from each window what its leader's checkpoint already covers,
+    /// so windows hold about one lease TTL of changes, not their capacity.
+    async fn trim_windows(&mut self) {
+        let shards: Vec<ShardId> = self
+            .windows
+            .iter()
+            .filter(|(_, window)| !window.is_empty())
+            .map(|(shard, _)| *shard)
+            .collect();
+        match ::cluster::read_checkpoints(&mut self.connection, &self.keys, &shards).await {
+            Ok(checkpoints) => {
+                for (shard, checkpoint) in shards.iter().zip(checkpoints) {
+                    if let (Some(window), Some(checkpoint)) =
+                        (self.windows.get_mut(shard), checkpoint)
+                    {
+                        window.trim(OplogPosition::from_u64(checkpoint));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot read standby shards' checkpoints; trimming later")
+            }
+        }
+        self.report_windows();
+    }
+
+    fn report_windows(&self) {
+        self.metrics.standby_shards.set(self.windows.len() as i64);
+        let held: usize = self.windows.values().map(StandbyWindow::len).sum();
+        self.metrics.standby_window_publications.set(held as i64);
     }
 
     /// One fenced call per shard, all at once; a FENCED reply stops that
@@ -435,10 +648,11 @@ impl Runner {
                         (self.shards.get_mut(&shard), checkpoint)
                     {
                         state.checkpointed = Some(checkpoint);
+                        self.caught_up(shard, checkpoint);
                     }
                 }
                 CallResult::Fenced => {
-                    self.shards.remove(&shard);
+                    self.stop_leading(shard);
                     self.metrics.fenced_batches.inc();
                     self.metrics
                         .lease_transitions
@@ -450,89 +664,35 @@ impl Runner {
             }
         }
         self.metrics.shard_leases_held.set(self.shards.len() as i64);
+        self.report_checkpoint_age();
     }
-}
 
-/// One shard's share of a batch.
-struct ShardCall {
-    shard: ShardId,
-    token: LeaseToken,
-    publications: Vec<Publication>,
-    checkpoint: Option<OplogPosition>,
-}
-
-enum CallResult {
-    /// Published (or duplicates) and checkpointed at this position.
-    Done(Option<OplogPosition>),
-    /// The lease moved on: nothing was published.
-    Fenced,
-    /// Redis stayed unreachable for the whole outage budget.
-    GivenUp,
-}
-
-impl ShardCall {
-    /// Publishes with retries through transient Redis failures, bounded by
-    /// `max_outage`, like the single-instance publisher.
-    async fn run(
-        self,
-        mut connection: ConnectionManager,
-        fenced: &FencedPublisher,
-        keys: &ClusterKeys,
-        metrics: &Metrics,
-        max_outage: Duration,
-    ) -> (ShardId, CallResult) {
-        let items: Vec<PublishItem> = self
-            .publications
-            .iter()
-            .map(|p| PublishItem {
-                dedup_key: keys.dedup_key(p.origin.as_u64(), p.tx_index),
-                message: p.message.clone(),
-                channels: p.channels.clone(),
-            })
-            .collect();
-        let started = Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        let checkpoint = self.checkpoint.map(OplogPosition::as_u64);
-        loop {
-            match fenced
-                .publish(&mut connection, self.shard, &self.token, &items, checkpoint)
-                .await
-            {
-                Ok(outcome) => {
-                    self.record_sent(metrics, &outcome.published);
-                    return (self.shard, CallResult::Done(self.checkpoint));
-                }
-                Err(error) if error.is_fenced() => return (self.shard, CallResult::Fenced),
-                Err(error) if started.elapsed() >= max_outage => {
-                    metrics
-                        .processed_messages
-                        .with_label_values(&["failed"])
-                        .inc_by(items.len() as u64);
-                    tracing::error!(shard = %self.shard, %error, publications = items.len(), "giving up a batch after OTR_REDIS_MAX_OUTAGE");
-                    return (self.shard, CallResult::GivenUp);
-                }
-                Err(error) => {
-                    metrics.temporary_send_failures.inc_by(items.len() as u64);
-                    tracing::warn!(shard = %self.shard, %error, "publishing to Redis failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+    /// Observes the takeover gap of `shard` once a checkpoint reaches where
+    /// the stream was when it was taken over.
+    fn caught_up(&mut self, shard: ShardId, checkpoint: OplogPosition) {
+        if self
+            .catching_up
+            .get(&shard)
+            .is_some_and(|c| checkpoint >= c.target)
+            && let Some(done) = self.catching_up.remove(&shard)
+        {
+            let gap = done.since.elapsed();
+            self.metrics
+                .takeover_gap
+                .with_label_values(&[done.path])
+                .observe(gap.as_secs_f64());
+            tracing::info!(%shard, path = done.path, gap_ms = gap.as_millis() as u64, "shard caught up after takeover");
         }
     }
 
-    fn record_sent(&self, metrics: &Metrics, published: &[bool]) {
-        metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .inc_by(published.len() as u64);
-        let now_ms = crate::telemetry::unix_millis();
-        for (publication, &fresh) in self.publications.iter().zip(published) {
-            if let (true, Some(wall)) = (fresh, publication.wall_ms) {
-                metrics
-                    .end_to_end_latency
-                    .observe((now_ms - wall).max(0) as f64 / 1000.0);
-            }
+    /// `redtail_checkpoint_age_seconds`: the age of the oldest checkpoint
+    /// among led shards (how far behind the furthest-behind one is).
+    fn report_checkpoint_age(&self) {
+        let oldest = self.shards.values().filter_map(|s| s.checkpointed).min();
+        if let Some(oldest) = oldest {
+            let now_ms = crate::telemetry::unix_millis();
+            let age = (now_ms - i64::from(oldest.time) * 1000).max(0) as f64 / 1000.0;
+            self.metrics.checkpoint_age.set(age);
         }
     }
 }

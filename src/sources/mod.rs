@@ -20,6 +20,11 @@ pub enum SourceRecord {
     /// again (a shard taking over from an older checkpoint), in which case
     /// they may repeat records already seen.
     Rewound(crate::position::OplogPosition),
+    /// The records that follow were read with this list of namespaces left
+    /// out by the server (sent whenever a (re)query applies another list
+    /// than the previous one). A cluster standby needs to know exactly from
+    /// where its window of a shard is complete.
+    Filtered(oplog::ExcludedNamespaces),
 }
 
 /// Why a source stopped for good (transient failures are retried inside).

@@ -59,6 +59,9 @@ pub struct OplogSource {
     ready: Arc<AtomicBool>,
     rewind: Option<mpsc::UnboundedReceiver<OplogPosition>>,
     excluded: Option<watch::Receiver<ExcludedNamespaces>>,
+    /// The exclusion list the current cursor was opened with, so a change is
+    /// announced downstream once.
+    announced_exclusions: Option<ExcludedNamespaces>,
 }
 
 /// Namespaces the server need not return (another instance publishes them).
@@ -103,12 +106,15 @@ impl OplogSource {
             ready: Arc::default(),
             rewind: None,
             excluded: None,
+            announced_exclusions: None,
         }
     }
 
     /// Follows a list of namespaces to leave out of the server-side query, so
     /// MongoDB returns only what this instance publishes. A change of the
-    /// list re-issues the query from the last entry read.
+    /// list re-issues the query from the last entry read, and the list a
+    /// query applies is announced with [`SourceRecord::Filtered`] before the
+    /// entries it returns.
     pub fn with_excluded_namespaces(
         mut self,
         excluded: watch::Receiver<ExcludedNamespaces>,
@@ -225,7 +231,8 @@ impl OplogSource {
         out: &mpsc::Sender<SourceRecord>,
         shutdown: &CancellationToken,
     ) -> Result<TailEnd, TailError> {
-        let filter = self.query_filter(*last_read);
+        let (filter, applied) = self.query_filter(*last_read);
+        self.announce_exclusions(applied, out).await?;
         let find = self
             .oplog
             .find(filter)
@@ -289,13 +296,17 @@ impl OplogSource {
 
     /// `ts >= last` (the entry at `last` itself always matches, so the resume
     /// check works whatever its namespace), minus excluded namespaces.
-    fn query_filter(&mut self, last_read: Option<OplogPosition>) -> bson::Document {
-        let excluded = self
+    /// Also returns the list applied (`None` without an exclusion watch).
+    fn query_filter(
+        &mut self,
+        last_read: Option<OplogPosition>,
+    ) -> (bson::Document, Option<ExcludedNamespaces>) {
+        let applied = self
             .excluded
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone());
-        let excluded = excluded.filter(|list| !list.is_empty());
-        match (last_read, excluded) {
+        let excluded = applied.clone().filter(|list| !list.is_empty());
+        let filter = match (last_read, excluded) {
             (None, None) => doc! {},
             (None, Some(list)) => doc! { "ns": { "$nin": list.as_slice() } },
             (Some(position), None) => doc! { "ts": { "$gte": Timestamp::from(position) } },
@@ -309,7 +320,27 @@ impl OplogSource {
                     ],
                 }
             }
+        };
+        (filter, applied)
+    }
+
+    /// Sends [`SourceRecord::Filtered`] when this query leaves out another
+    /// list of namespaces than the previous one.
+    async fn announce_exclusions(
+        &mut self,
+        applied: Option<ExcludedNamespaces>,
+        out: &mpsc::Sender<SourceRecord>,
+    ) -> Result<(), TailError> {
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        if self.announced_exclusions.as_ref() == Some(&applied) {
+            return Ok(());
         }
+        self.announced_exclusions = Some(applied.clone());
+        out.send(SourceRecord::Filtered(applied))
+            .await
+            .map_err(|_| TailError::Downstream)
     }
 
     /// The `ts` of the newest entry, or None for an empty oplog.

@@ -1,9 +1,10 @@
 //! Prometheus metrics, under oplogtoredis's `otr_*` names where one exists so
 //! existing dashboards and alerts keep working after a migration.
 
+use crate::transform::Publication;
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric redtail exports, registered in one [`Registry`].
@@ -78,6 +79,19 @@ pub struct Metrics {
     /// lease had moved to another instance (their changes are the new
     /// leader's to publish).
     pub fenced_batches: IntCounter,
+    /// `redtail_shard_lease_held{shard}`: 1 while this instance leads the
+    /// shard, 0 after it stopped (cluster mode), so a dashboard can show
+    /// who leads what without asking Redis.
+    pub shard_lease_held: IntGaugeVec,
+    /// `redtail_takeover_gap_seconds{path}`: from taking a shard over until
+    /// its publishing caught up with the stream, by whether the standby
+    /// window served it (`window`) or the oplog was read again (`replay`).
+    pub takeover_gap: HistogramVec,
+    /// `redtail_standby_shards`: shards this instance tails in a window.
+    pub standby_shards: IntGauge,
+    /// `redtail_standby_window_publications`: publications held in all
+    /// standby windows (their memory cost).
+    pub standby_window_publications: IntGauge,
 }
 
 impl Metrics {
@@ -238,8 +252,64 @@ impl Metrics {
                 "redtail_fenced_batches_total",
                 "Publish calls refused because the shard lease moved to another instance",
             ),
+            shard_lease_held: int_gauge_vec(
+                &registry,
+                "redtail_shard_lease_held",
+                "1 while this instance leads the shard (cluster mode)",
+                &["shard"],
+            ),
+            takeover_gap: histogram_vec(
+                &registry,
+                "redtail_takeover_gap_seconds",
+                "From taking a shard over until its publishing caught up, by path (window or replay)",
+                &["path"],
+                prometheus::exponential_buckets(0.001, 2.0, 16).expect("static buckets"),
+            ),
+            standby_shards: int_gauge(
+                &registry,
+                "redtail_standby_shards",
+                "Shards this instance stands by for with a window (cluster mode)",
+            ),
+            standby_window_publications: int_gauge(
+                &registry,
+                "redtail_standby_window_publications",
+                "Publications held in the standby windows",
+            ),
             registry,
         }
+    }
+
+    /// Records publications Redis acknowledged at `now_ms`, each with
+    /// whether it was published (`false`: a duplicate its dedup marker
+    /// stopped): counts them as sent, observes their staleness for write
+    /// lane `lane`, and the end-to-end latency of those published. Shared by
+    /// both publishing paths so their figures mean the same.
+    pub fn record_acknowledged<'a>(
+        &self,
+        lane: &str,
+        now_ms: i64,
+        acknowledged: impl IntoIterator<Item = (&'a Publication, bool)>,
+    ) {
+        let mut sent = 0;
+        for (publication, published) in acknowledged {
+            sent += 1;
+            let status = if published { "published" } else { "duplicate" };
+            let staleness =
+                (now_ms - i64::from(publication.origin.time) * 1000).max(0) as f64 / 1000.0;
+            self.entry_staleness
+                .with_label_values(&[lane, status])
+                .observe(staleness);
+            self.last_entry_staleness
+                .with_label_values(&[lane, status])
+                .set(staleness);
+            if let (true, Some(wall_ms)) = (published, publication.wall_ms) {
+                let latency = (now_ms - wall_ms).max(0) as f64 / 1000.0;
+                self.end_to_end_latency.observe(latency);
+            }
+        }
+        self.processed_messages
+            .with_label_values(&["sent"])
+            .inc_by(sent);
     }
 
     /// Renders the registry in the Prometheus text format.
@@ -279,6 +349,13 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {

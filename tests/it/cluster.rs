@@ -98,10 +98,18 @@ async fn wait_all_shards_led(instances: &[&crate::support::redtail::Redtail], sh
     }
 }
 
+/// The cluster settings plus more.
+fn cluster_with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    CLUSTER.iter().chain(extra).copied().collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_split_the_shards_and_publish_each_change_once() {
-    let relay = Relay::start("cluster_split", &CLUSTER).await;
-    let second = relay.start_another(&CLUSTER);
+    // Without standbys each member reads only the shards it leads, which
+    // is what the MongoDB load check at the end measures.
+    let env = cluster_with(&[("OTR_CLUSTER_STANDBYS", "0")]);
+    let relay = Relay::start("cluster_split", &env).await;
+    let second = relay.start_another(&env);
     wait_all_shards_led(&[&relay.redtail, &second], 8.0).await;
     let written = write(&relay, 0, 100, Duration::ZERO).await;
     let seen = wait_delivered(&relay, &written, Duration::from_secs(20)).await;
@@ -189,4 +197,94 @@ async fn a_stopped_member_hands_its_shards_over_without_loss() {
         "{}",
         second.logs()
     );
+}
+
+/// One sample summed over several instances.
+fn total(instances: &[&crate::support::redtail::Redtail], sample: &str) -> f64 {
+    instances.iter().map(|r| metric_value(r, sample)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_its_window_and_reads_only_its_shards() {
+    let relay = Relay::start("cluster_window", &CLUSTER).await;
+    let second = relay.start_another(&CLUSTER);
+    let mut third = relay.start_another(&CLUSTER);
+    wait_all_shards_led(&[&relay.redtail, &second, &third], 8.0).await;
+    let mut written = write(&relay, 0, 100, Duration::ZERO).await;
+    wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+
+    // With one standby per shard, each entry goes to its leader and its
+    // standby: two members of three, where reading everything is three.
+    if let Some(sim) = relay.mongo.sim() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sim.counters().reset();
+        let more = write(&relay, 100, 150, Duration::ZERO).await;
+        wait_delivered(&relay, &more, Duration::from_secs(20)).await;
+        written.extend(more);
+        let returned = sim.counters().snapshot().oplog_tail.documents;
+        eprintln!("oplog entries returned to 3 members (1 standby) for 150 written: {returned}");
+        assert!(
+            (250..400).contains(&returned),
+            "{returned} oplog entries returned for 150 written to 3 members with 1 standby"
+        );
+    }
+
+    // Kill a member: its shards go to their standbys, which publish what the
+    // dead leader left from their windows instead of reading again.
+    let survivors = [&relay.redtail, &second];
+    let replays = |s: &[&crate::support::redtail::Redtail]| {
+        total(s, r#"redtail_takeover_gap_seconds_count{path="replay"}"#)
+    };
+    let windows = |s: &[&crate::support::redtail::Redtail]| {
+        total(s, r#"redtail_takeover_gap_seconds_count{path="window"}"#)
+    };
+    let (replays_before, windows_before) = (replays(&survivors), windows(&survivors));
+    let rewinds_before = total(
+        &survivors,
+        r#"redtail_source_restarts_total{reason="rewind"}"#,
+    );
+    let writer = {
+        let (client, db) = (relay.client.clone(), relay.db.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 250..400 {
+                let coll = format!("c{}", i % 100);
+                let id = format!("d{i:04}");
+                client
+                    .database(&db)
+                    .collection::<bson::Document>(&coll)
+                    .insert_one(doc! { "_id": &id })
+                    .await
+                    .unwrap();
+                written.push((format!("{db}.{coll}"), id));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    third.kill();
+    written.extend(writer.await.unwrap());
+    wait_all_shards_led(&survivors, 8.0).await;
+    let seen = wait_delivered(&relay, &written, Duration::from_secs(20)).await;
+    let logs = format!("{}\n{}", relay.redtail.logs(), second.logs());
+    assert_once(&seen, &written, &logs);
+    assert!(
+        windows(&survivors) > windows_before,
+        "no takeover was served by a window\n{logs}"
+    );
+    assert_eq!(
+        replays(&survivors),
+        replays_before,
+        "a takeover after the crash read the oplog again\n{logs}"
+    );
+    assert_eq!(
+        total(
+            &survivors,
+            r#"redtail_source_restarts_total{reason="rewind"}"#
+        ),
+        rewinds_before,
+        "the source was asked to read again"
+    );
+    assert!(total(&survivors, "redtail_standby_shards") >= 1.0);
 }

@@ -11,6 +11,7 @@ mod faults;
 mod http;
 mod publish;
 mod relay;
+mod source;
 mod status;
 mod status_page;
 mod traces;

@@ -1,7 +1,9 @@
 //! Three (and four) coordinators in one process against one Redis, with
 //! short timings: every shard gets one leader, leaders follow the ranking,
-//! graceful leaves and crashes hand shards over in time, voluntary handoffs
-//! are rate-limited, and no two members ever publish one shard at once.
+//! members started together settle on it without handoffs, graceful leaves
+//! and crashes hand shards over in time, voluntary handoffs are rate-limited
+//! and announced to the receiver through its standby set, and no two members
+//! ever publish one shard at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -311,7 +313,8 @@ async fn three_members_settle_on_the_ranking_with_one_leader_per_shard() -> Resu
             assert!(led.insert(*shard), "shard {shard} led twice");
             assert_eq!(in_redis[shard], (node.member.to_string(), token.epoch));
         }
-        // Standbys: the rank-2 shards, none of them led by this node.
+        // Standbys: ranks 1 and 2 not held; settled, every rank-1 shard is
+        // held, so the rank-2 shards, none of them led by this node.
         let members: Vec<MemberId> = nodes.iter().map(|n| n.member.clone()).collect();
         let rank2: BTreeSet<ShardId> = (0..SHARDS)
             .map(ShardId)
@@ -343,6 +346,148 @@ async fn three_members_settle_on_the_ranking_with_one_leader_per_shard() -> Resu
 }
 
 #[tokio::test]
+async fn members_started_together_take_their_preferred_shards_without_handoffs() -> Result<()> {
+    let server = RedisServer::start().await?;
+    let auditor = LeaseAuditor::start(&server).await?;
+    // The default handoff interval: had the first member up taken every
+    // shard, spreading ~40 of them back would take over a minute.
+    let settings = CoordinatorSettings {
+        handoff_interval: Duration::from_secs(2),
+        ..fast_settings()
+    };
+    // Not announced, and no pause between the starts: each member learns of
+    // the others only from their joins, a few milliseconds apart, as with
+    // instances started by one deployment.
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(Node::start(&server, MemberId::generate(name), settings.clone(), true).await?);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let bound = Duration::from_secs(5);
+    wait_settled(&refs, bound).await?;
+    let settled = started.elapsed();
+    assert!(
+        settled < bound,
+        "settled after {settled:?}, 64 handoffs take {:?}",
+        settings.handoff_interval * u32::from(SHARDS)
+    );
+
+    // Every lease is its shard's first (epoch 1): each shard went straight
+    // to its preferred member, none had to be handed over. Still true a
+    // while later: no straggler takes a shard from its preferred member.
+    let mut conn = server.connection().await?;
+    for wait in [Duration::ZERO, Duration::from_secs(1)] {
+        tokio::time::sleep(wait).await;
+        let in_redis = holders(&mut conn).await?;
+        assert_eq!(in_redis.len(), usize::from(SHARDS));
+        for (shard, (holder, epoch)) in &in_redis {
+            assert_eq!(*epoch, 1, "shard {shard} changed hands (now {holder})");
+        }
+        for node in &nodes {
+            for shard in node.leading() {
+                assert_eq!(in_redis[&shard].0, node.member.to_string());
+            }
+        }
+    }
+    for node in &mut nodes {
+        node.shutdown().await?;
+    }
+    auditor.finish().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_newcomer_stands_by_for_the_shards_it_is_about_to_be_handed() -> Result<()> {
+    let server = RedisServer::start().await?;
+    let auditor = LeaseAuditor::start(&server).await?;
+    // One handoff per member, then none for a minute: the newcomer's
+    // preferred shards stay with the old members while we look.
+    let settings = CoordinatorSettings {
+        handoff_interval: Duration::from_secs(60),
+        ..fast_settings()
+    };
+    let members = [
+        MemberId::generate("a"),
+        MemberId::generate("b"),
+        MemberId::generate("c"),
+    ];
+    announce(&server, &members).await?;
+    let mut nodes = Vec::new();
+    for member in &members {
+        nodes.push(Node::start(&server, member.clone(), settings.clone(), false).await?);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&refs, Duration::from_secs(5)).await?;
+
+    let newcomer = MemberId::generate("d");
+    let mut grown = members.to_vec();
+    grown.push(newcomer.clone());
+    let wanted = preferred(&newcomer, &grown);
+    let rank2: BTreeSet<ShardId> = (0..SHARDS)
+        .map(ShardId)
+        .filter(|&s| rank(s, &grown).get(1) == Some(&newcomer))
+        .collect();
+    // More than the (at most 3) shards the first handoffs move.
+    assert!(wanted.len() >= 4, "only {} preferred shards", wanted.len());
+    nodes.push(Node::start(&server, newcomer.clone(), settings.clone(), false).await?);
+    let node = &nodes[3];
+    let mut conn = server.connection().await?;
+
+    // Each old member holding some of the newcomer's shards hands one off,
+    // then waits a minute. Before that, and after it, the newcomer stands by
+    // for every shard it ranks 1 or 2 for and does not hold (held in Redis
+    // by the others, or being released to it at this very moment).
+    let givers: BTreeSet<MemberId> = wanted
+        .iter()
+        .map(|&s| rank(s, &members)[0].clone())
+        .collect();
+    let phases = [
+        ("the newcomer's standby before any handoff", 0),
+        ("one handoff per old member", givers.len()),
+    ];
+    for (what, handed) in phases {
+        let assignment = eventually(Duration::from_secs(3), what, || async {
+            let assignment = node.assignment();
+            let held: BTreeSet<ShardId> = assignment.leading.keys().copied().collect();
+            let expected: BTreeSet<ShardId> = wanted.union(&rank2).copied().collect();
+            let expected: BTreeSet<ShardId> = expected.difference(&held).copied().collect();
+            let reached = held.len() == handed && assignment.draining.is_empty();
+            Ok((reached && assignment.standby == expected).then_some(assignment))
+        })
+        .await?;
+        let in_redis = holders(&mut conn).await?;
+        // Read after Redis: a shard taken since the snapshot is skipped.
+        let leading_now = node.leading();
+        let mut held_by_others = 0;
+        for shard in &wanted {
+            if assignment.leading.contains_key(shard) {
+                assert!(!assignment.standby.contains(shard), "shard {shard}");
+                continue;
+            }
+            assert!(assignment.standby.contains(shard), "shard {shard}");
+            if leading_now.contains(shard) {
+                continue;
+            }
+            if let Some((holder, _)) = in_redis.get(shard) {
+                assert_ne!(*holder, newcomer.to_string(), "shard {shard}");
+                held_by_others += 1;
+            }
+        }
+        assert!(
+            held_by_others >= wanted.len() - givers.len(),
+            "{what}: only {held_by_others} of {} preferred shards held by others",
+            wanted.len()
+        );
+    }
+    for node in &mut nodes {
+        node.shutdown().await?;
+    }
+    auditor.finish().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_graceful_leave_hands_shards_over_at_once() -> Result<()> {
     let server = RedisServer::start().await?;
     let recorder = Recorder::start(&server).await?;
@@ -370,7 +515,10 @@ async fn a_graceful_leave_hands_shards_over_at_once() -> Result<()> {
         nodes.push(Node::start(&server, member.clone(), settings.clone(), true).await?);
     }
     let refs: Vec<&Node> = nodes.iter().collect();
-    wait_settled(&refs, Duration::from_secs(5)).await?;
+    // Widened from 5 s: a member settles for `standby_grace` (3 s here)
+    // before taking its preferred shards, and then acts on its next poll
+    // (3 s ticks), so the first leases come about 3 s after the start.
+    wait_settled(&refs, Duration::from_secs(10)).await?;
     let moving = nodes[0].leading();
     assert!(!moving.is_empty());
 
