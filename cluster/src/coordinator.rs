@@ -733,6 +733,7 @@ impl Engine {
             Notification::MembershipChanged => {
                 if !self.leaving {
                     self.refresh_members().await;
+                    self.acquire_known_free().await;
                 }
             }
             Notification::Released(shard) => {
@@ -748,6 +749,22 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Takes the shards known to be free that the new ranking now gives
+    /// this member. A stopping instance releases its shards while it is
+    /// still a member and leaves right after: ranked with it, nobody took
+    /// them at the release, and waiting for the next poll would leave them
+    /// unpublished that long.
+    async fn acquire_known_free(&mut self) {
+        let now = Instant::now();
+        let candidates: Vec<ShardId> = self
+            .free_since
+            .iter()
+            .filter(|&(&shard, &since)| self.may_acquire(shard, since, now))
+            .map(|(&shard, _)| shard)
+            .collect();
+        self.acquire(candidates).await;
     }
 
     fn publish_assignment(&self) {

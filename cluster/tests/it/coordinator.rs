@@ -100,6 +100,20 @@ impl Node {
         Ok(())
     }
 
+    /// Reports every lead shard drained, as redtail's stage does when its
+    /// source stops, and waits until the coordinator released them all.
+    async fn release_all(&self) -> Result<()> {
+        let coordinator = self.coordinator.as_ref().expect("running");
+        for shard in self.leading() {
+            coordinator.drained(shard);
+        }
+        eventually(Duration::from_secs(2), "every shard released", || async {
+            Ok(self.leading().is_empty().then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+
     fn crash(&mut self) {
         self.pipeline.abort();
         if let Some(coordinator) = self.coordinator.take() {
@@ -287,6 +301,29 @@ async fn wait_settled(nodes: &[&Node], timeout: Duration) -> Result<()> {
     .await
 }
 
+/// Starts members a, b and c, announced to each other before any starts (so
+/// none takes the others' shards first), and waits until they settle.
+async fn start_announced_trio(
+    server: &RedisServer,
+    settings: &CoordinatorSettings,
+    publish: bool,
+    settle_within: Duration,
+) -> Result<([MemberId; 3], Vec<Node>)> {
+    let members = [
+        MemberId::generate("a"),
+        MemberId::generate("b"),
+        MemberId::generate("c"),
+    ];
+    announce(server, &members).await?;
+    let mut nodes = Vec::new();
+    for member in &members {
+        nodes.push(Node::start(server, member.clone(), settings.clone(), publish).await?);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&refs, settle_within).await?;
+    Ok((members, nodes))
+}
+
 #[tokio::test]
 async fn three_members_settle_on_the_ranking_with_one_leader_per_shard() -> Result<()> {
     let server = RedisServer::start().await?;
@@ -407,18 +444,8 @@ async fn a_newcomer_stands_by_for_the_shards_it_is_about_to_be_handed() -> Resul
         handoff_interval: Duration::from_secs(60),
         ..fast_settings()
     };
-    let members = [
-        MemberId::generate("a"),
-        MemberId::generate("b"),
-        MemberId::generate("c"),
-    ];
-    announce(&server, &members).await?;
-    let mut nodes = Vec::new();
-    for member in &members {
-        nodes.push(Node::start(&server, member.clone(), settings.clone(), false).await?);
-    }
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_settled(&refs, Duration::from_secs(5)).await?;
+    let (members, mut nodes) =
+        start_announced_trio(&server, &settings, false, Duration::from_secs(5)).await?;
 
     let newcomer = MemberId::generate("d");
     let mut grown = members.to_vec();
@@ -489,6 +516,18 @@ async fn a_newcomer_stands_by_for_the_shards_it_is_about_to_be_handed() -> Resul
 
 #[tokio::test]
 async fn a_graceful_leave_hands_shards_over_at_once() -> Result<()> {
+    leave_and_check_the_handover(false).await
+}
+
+/// redtail's pipeline stops first: it releases every shard while the
+/// member is still in the ranking, then the member leaves. The others take
+/// the shards at the leave announcement, not at their next poll.
+#[tokio::test]
+async fn shards_released_just_before_a_leave_are_taken_at_the_leave() -> Result<()> {
+    leave_and_check_the_handover(true).await
+}
+
+async fn leave_and_check_the_handover(release_first: bool) -> Result<()> {
     let server = RedisServer::start().await?;
     let recorder = Recorder::start(&server).await?;
     let auditor = LeaseAuditor::start(&server).await?;
@@ -504,25 +543,18 @@ async fn a_graceful_leave_hands_shards_over_at_once() -> Result<()> {
         standby_grace: Duration::from_secs(3),
         ..fast_settings()
     };
-    let members = [
-        MemberId::generate("a"),
-        MemberId::generate("b"),
-        MemberId::generate("c"),
-    ];
-    announce(&server, &members).await?;
-    let mut nodes = Vec::new();
-    for member in &members {
-        nodes.push(Node::start(&server, member.clone(), settings.clone(), true).await?);
-    }
-    let refs: Vec<&Node> = nodes.iter().collect();
     // Widened from 5 s: a member settles for `standby_grace` (3 s here)
     // before taking its preferred shards, and then acts on its next poll
     // (3 s ticks), so the first leases come about 3 s after the start.
-    wait_settled(&refs, Duration::from_secs(10)).await?;
+    let (members, mut nodes) =
+        start_announced_trio(&server, &settings, true, Duration::from_secs(10)).await?;
     let moving = nodes[0].leading();
     assert!(!moving.is_empty());
 
     let started = Instant::now();
+    if release_first {
+        nodes[0].release_all().await?;
+    }
     nodes[0].shutdown().await?;
     let shutdown_took = started.elapsed();
     let mut conn = server.connection().await?;
@@ -566,18 +598,8 @@ async fn a_crashed_members_shards_are_taken_over_within_ttl_plus_poll() -> Resul
     let recorder = Recorder::start(&server).await?;
     let auditor = LeaseAuditor::start(&server).await?;
     let settings = fast_settings();
-    let members = [
-        MemberId::generate("a"),
-        MemberId::generate("b"),
-        MemberId::generate("c"),
-    ];
-    announce(&server, &members).await?;
-    let mut nodes = Vec::new();
-    for member in &members {
-        nodes.push(Node::start(&server, member.clone(), settings.clone(), true).await?);
-    }
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_settled(&refs, Duration::from_secs(5)).await?;
+    let (members, mut nodes) =
+        start_announced_trio(&server, &settings, true, Duration::from_secs(5)).await?;
     let orphaned = nodes[0].leading();
 
     let crashed = Instant::now();
@@ -625,18 +647,8 @@ async fn a_scale_out_moves_shards_at_the_handoff_rate() -> Result<()> {
         handoff_interval: interval,
         ..fast_settings()
     };
-    let members = [
-        MemberId::generate("a"),
-        MemberId::generate("b"),
-        MemberId::generate("c"),
-    ];
-    announce(&server, &members).await?;
-    let mut nodes = Vec::new();
-    for member in &members {
-        nodes.push(Node::start(&server, member.clone(), settings.clone(), false).await?);
-    }
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_settled(&refs, Duration::from_secs(5)).await?;
+    let (members, mut nodes) =
+        start_announced_trio(&server, &settings, false, Duration::from_secs(5)).await?;
     let mut conn = server.connection().await?;
     let before = holders(&mut conn).await?;
 
