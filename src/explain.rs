@@ -584,44 +584,13 @@ mod tests {
         assert_eq!(summary.publications, 1);
     }
 
-    /// The output lines `explain --format json` must print for the whole
-    /// fixture file read in one run, built from the hand-written
-    /// expectations: every entry as when read alone, except the entries that
-    /// complete a transaction opened by earlier fixtures, which release it.
-    pub(crate) fn expected_fixture_lines() -> Vec<String> {
-        use serde_json::{Value, json};
-        let fixtures: Vec<Value> =
-            serde_json::from_str(include_str!("../testdata/oplog_entries.json")).unwrap();
-        let expected: Value =
-            serde_json::from_str(include_str!("../testdata/oplog_expected.json")).unwrap();
-        let releases = [
-            (
-                "oplog-mongotools-txn-large-unprepared-3",
-                &expected["sequences"][0]["steps"][3],
-            ),
-            (
-                "oplog-mongotools-txn-commitTransaction",
-                &expected["sequences"][1]["steps"][2],
-            ),
-        ];
-        let mut lines = Vec::new();
-        for fixture in &fixtures {
-            let id = fixture["id"].as_str().unwrap();
-            let want = releases
-                .iter()
-                .find(|(released, _)| *released == id)
-                .map_or(&expected["entries"][id], |(_, step)| *step);
-            match want.get("skipped") {
-                Some(reason) => lines.push(json!({ "skipped": reason }).to_string()),
-                None => {
-                    for publication in want["publications"].as_array().unwrap() {
-                        let line = json!({ "channels": publication["channels"], "message": publication["message"] });
-                        lines.push(line.to_string());
-                    }
-                }
-            }
-        }
-        lines
+    include!("../testdata/expected_explain_lines.rs");
+
+    fn expected_fixture_lines() -> Vec<String> {
+        expected_explain_lines(
+            include_str!("../testdata/oplog_entries.json"),
+            include_str!("../testdata/oplog_expected.json"),
+        )
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_redtail");
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -83,39 +83,13 @@ fn read_testdata(name: &str) -> String {
         .unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
-/// What `--format json` must print for the whole fixture file in one run:
-/// each entry as when read alone, except the two entries that complete a
-/// transaction opened by earlier fixtures (they release its operations).
+include!("../../testdata/expected_explain_lines.rs");
+
 fn expected_fixture_lines() -> Vec<String> {
-    let fixtures: Vec<Value> = serde_json::from_str(&read_testdata("oplog_entries.json")).unwrap();
-    let expected: Value = serde_json::from_str(&read_testdata("oplog_expected.json")).unwrap();
-    let releases = [
-        (
-            "oplog-mongotools-txn-large-unprepared-3",
-            &expected["sequences"][0]["steps"][3],
-        ),
-        (
-            "oplog-mongotools-txn-commitTransaction",
-            &expected["sequences"][1]["steps"][2],
-        ),
-    ];
-    let mut lines = Vec::new();
-    for fixture in &fixtures {
-        let id = fixture["id"].as_str().unwrap();
-        let want = releases
-            .iter()
-            .find(|(released, _)| *released == id)
-            .map_or(&expected["entries"][id], |(_, s)| *s);
-        match want.get("skipped") {
-            Some(reason) => lines.push(json!({ "skipped": reason }).to_string()),
-            None => {
-                for publication in want["publications"].as_array().unwrap() {
-                    lines.push(json!({ "channels": publication["channels"], "message": publication["message"] }).to_string());
-                }
-            }
-        }
-    }
-    lines
+    expected_explain_lines(
+        &read_testdata("oplog_entries.json"),
+        &read_testdata("oplog_expected.json"),
+    )
 }
 
 fn lines(text: &str) -> Vec<String> {
