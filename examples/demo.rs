@@ -7,13 +7,14 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bson::doc;
 use futures_util::StreamExt;
 use mongo_sim::{MongoSim, SimOptions};
+use redis_test_server::{RedisServer, RedisServerOptions, free_port};
 
 const REPLICAS: usize = 3;
 const SHARDS: u16 = 8;
@@ -107,24 +108,14 @@ async fn main() -> Result<()> {
 
     let sim = MongoSim::start(SimOptions::default()).context("starting mongo-sim")?;
     println!("mongo-sim     {}", sim.url());
-    let redis_port = free_port()?;
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("starting redis-server (run scripts/setup.sh to install it)")?;
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    wait_for_redis(&redis_url).await?;
+    // Its own process group: Ctrl-C must reach only the demo, which stops
+    // redis-server after redtail has drained into it.
+    let mut redis = RedisServer::start_with(RedisServerOptions {
+        own_process_group: true,
+        ..RedisServerOptions::default()
+    })
+    .context("starting redis-server (run scripts/setup.sh to install it)")?;
+    let redis_url = redis.url();
     println!("redis-server  {redis_url}");
 
     let mut replicas = Vec::new();
@@ -162,8 +153,7 @@ async fn main() -> Result<()> {
         stop_gracefully(&mut replica.child, replica.name);
     }
     subscriber.abort();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.stop();
     sim.shutdown();
     Ok(())
 }
@@ -232,22 +222,6 @@ fn stop_gracefully(child: &mut Child, name: &str) {
     let _ = child.kill();
 }
 
-async fn wait_for_redis(url: &str) -> Result<()> {
-    let client = redis::Client::open(url)?;
-    for _ in 0..100 {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("redis-server did not answer within 5 s")
-}
-
 /// The body of a 200 answer, None otherwise.
 async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -277,10 +251,4 @@ async fn wait_ready(port: u16) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("a redtail replica was not ready within 20 s (see target/demo/*.log)")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

@@ -21,10 +21,8 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> std::io::Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()))?
-}
+/// A port that was free a moment ago on 127.0.0.1 (shared with the test harness).
+pub use redis_test_server::free_port;
 
 /// The workspace's `target` directory (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {

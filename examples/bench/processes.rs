@@ -5,74 +5,41 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use redis_test_server::RedisServerOptions;
 
 /// A port nobody listens on right now.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub use redis_test_server::free_port;
 
 /// A `redis-server` started for this run, without persistence (so no fork
 /// or disk write disturbs a measurement) and with no output-buffer limit for
 /// subscribers (so a momentarily slow bench subscriber is not disconnected).
 pub struct RedisServer {
-    child: Child,
-    port: u16,
+    inner: redis_test_server::RedisServer,
 }
 
 impl RedisServer {
-    /// Starts it and waits until it answers PING (at most 5 s).
+    /// Starts it and waits until it answers PING.
     pub fn start() -> Result<Self> {
-        let port = free_port()?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--client-output-buffer-limit", "pubsub 0 0 0"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (scripts/setup.sh installs it)")?;
-        let server = Self { child, port };
-        let client = redis::Client::open(server.url())?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return Ok(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("redis-server on port {port} did not answer within 5 s")
+        let inner = redis_test_server::RedisServer::start_with(RedisServerOptions {
+            extra_args: vec!["--client-output-buffer-limit".into(), "pubsub 0 0 0".into()],
+            ..RedisServerOptions::default()
+        })
+        .context("starting redis-server (scripts/setup.sh installs it)")?;
+        Ok(Self { inner })
     }
 
     /// Its port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.inner.port()
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.url()
     }
 }
 

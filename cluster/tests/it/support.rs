@@ -1,74 +1,33 @@
-//! A real `redis-server` per test on a free loopback port, killed on drop,
-//! and a pub/sub recorder. Adapted from redtail's own tests/it/support.
+//! A real `redis-server` per test on a free loopback port, killed on drop
+//! (the workspace's `redis-test-server`), and a pub/sub recorder.
 //!
 //! Every wait is bounded: a server that does not come up or messages that do
 //! not arrive fail the test instead of hanging it.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-const PORT_ATTEMPTS: usize = 5;
-
-/// A running `redis-server` without persistence.
+/// A running `redis-server` without persistence, killed on drop: the shared
+/// harness's server plus the async `redis` clients these tests use.
 pub struct RedisServer {
-    port: u16,
-    child: Child,
+    inner: redis_test_server::RedisServer,
 }
 
 impl RedisServer {
     /// Starts a server, retrying on a port collision, and waits for `PING`.
     pub async fn start() -> Result<Self> {
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("spawning redis-server (is it installed?)")?;
-            let mut server = Self { port, child };
-            match server.wait_for_ping().await {
-                Ok(()) => return Ok(server),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
-    }
-
-    async fn wait_for_ping(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("redis-server exited ({status}) on port {}", self.port);
-            }
-            if let Ok(mut conn) = self.connection().await {
-                let pong: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut conn).await;
-                if pong.is_ok_and(|p| p == "PONG") {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!(
-            "redis-server on port {} not ready within {START_TIMEOUT:?}",
-            self.port
-        )
+        // Starting polls with short sleeps: keep them off the runtime's threads.
+        let inner = tokio::task::spawn_blocking(redis_test_server::RedisServer::start).await??;
+        Ok(Self { inner })
     }
 
     /// A client for this server.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("a valid URL")
+        redis::Client::open(self.inner.url()).expect("a valid URL")
     }
 
     /// A multiplexed connection with a reply timeout.
@@ -81,34 +40,15 @@ impl RedisServer {
             .get_multiplexed_async_connection_with_config(&config)
             .await?)
     }
-}
 
-impl RedisServer {
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) -> Result<()> {
-        self.signal("-STOP")
+        Ok(self.inner.pause()?)
     }
 
     /// Unfreezes a paused server (SIGCONT).
     pub fn resume(&self) -> Result<()> {
-        self.signal("-CONT")
-    }
-
-    fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(self.child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill {signal} failed");
-        Ok(())
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(self.inner.resume()?)
     }
 }
 

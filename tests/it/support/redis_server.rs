@@ -1,43 +1,28 @@
 //! A real `redis-server` per test, on a free loopback port, that the test can
-//! stop, restart, pause and resume, plus a pub/sub [`Subscriber`] that records
-//! what Redis delivers.
+//! stop, restart, pause and resume (the workspace's `redis-test-server`), plus
+//! a pub/sub [`Subscriber`] that records what Redis delivers.
 //!
 //! Everything waits with a bound: a server that does not come up, or messages
 //! that do not arrive, fail the test with a message instead of hanging it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-const PORT_ATTEMPTS: usize = 5;
+/// How to start a server: the shared harness's options (password, TLS,
+/// Sentinel, extra arguments) under the name these tests use.
+pub use redis_test_server::RedisServerOptions as RedisOptions;
 
-/// How to start a server.
-#[derive(Debug, Clone, Default)]
-pub struct RedisOptions {
-    /// `requirepass` for the default user; [`RedisServer::url`] includes it.
-    pub password: Option<String>,
-    /// Also listen with TLS (cert, key), on [`RedisServer::tls_port`].
-    pub tls: Option<(PathBuf, PathBuf)>,
-    /// Run as a Sentinel with this configuration text (`port` is added).
-    pub sentinel_config: Option<String>,
-    /// Extra command-line arguments.
-    pub args: Vec<String>,
-}
-
-/// A running `redis-server`, killed on drop.
+/// A running `redis-server`, killed on drop: the shared harness's server plus
+/// the synchronous `redis` helpers (commands, keys, commandstats) tests assert with.
 pub struct RedisServer {
-    options: RedisOptions,
-    port: u16,
-    tls_port: Option<u16>,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    inner: redis_test_server::RedisServer,
 }
 
 impl RedisServer {
@@ -48,69 +33,43 @@ impl RedisServer {
 
     /// A server configured by `options`, retrying on a port collision.
     pub fn start_with(options: RedisOptions) -> Result<Self> {
-        let mut dir = tempfile::tempdir().context("temp dir for redis-server")?;
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let tls_port = options.tls.is_some().then(free_port).transpose()?;
-            let mut server = Self {
-                options: options.clone(),
-                port,
-                tls_port,
-                dir,
-                child: None,
-            };
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(e) => {
-                    last_error = Some(e);
-                    dir = std::mem::replace(&mut server.dir, tempfile::tempdir()?);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+        let inner = redis_test_server::RedisServer::start_with(options)?;
+        Ok(Self { inner })
     }
 
     /// The plain-TCP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.inner.port()
     }
 
     /// The TLS port, when started with [`RedisOptions::tls`].
     pub fn tls_port(&self) -> Option<u16> {
-        self.tls_port
+        self.inner.tls_port()
     }
 
     /// `redis://[:password@]127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        match &self.options.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
+        self.inner.url()
     }
 
     /// Kills the server (SIGKILL): its data is gone, as after a crash.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.stop();
     }
 
     /// Starts the server again on the same port(s).
     pub fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.spawn()
+        Ok(self.inner.restart()?)
     }
 
     /// Freezes the process (SIGSTOP): connections stay open but nothing answers.
     pub fn pause(&self) -> Result<()> {
-        self.signal("-STOP")
+        Ok(self.inner.pause()?)
     }
 
     /// Unfreezes a paused server (SIGCONT).
     pub fn resume(&self) -> Result<()> {
-        self.signal("-CONT")
+        Ok(self.inner.resume()?)
     }
 
     /// A synchronous connection (authenticated when the server has a password).
@@ -150,115 +109,6 @@ impl RedisServer {
             .and_then(|rest| rest.split(',').next())
             .map_or(Ok(0), str::parse)?)
     }
-
-    fn spawn(&mut self) -> Result<()> {
-        let log = self.dir.path().join("redis.log");
-        let _ = std::fs::remove_file(&log);
-        let mut command = Command::new("redis-server");
-        if let Some(config) = &self.options.sentinel_config {
-            let path = self.dir.path().join("sentinel.conf");
-            std::fs::write(&path, format!("port {}\n{config}\n", self.port))?;
-            command.arg(&path).arg("--sentinel");
-        } else {
-            command.args([
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-        }
-        command
-            .args(["--bind", "127.0.0.1", "--dir"])
-            .arg(self.dir.path());
-        command.arg("--logfile").arg(&log);
-        if let Some(password) = &self.options.password {
-            command.args(["--requirepass", password]);
-        }
-        if let (Some((cert, key)), Some(tls_port)) = (&self.options.tls, self.tls_port) {
-            command.args([
-                "--tls-port",
-                &tls_port.to_string(),
-                "--tls-auth-clients",
-                "no",
-            ]);
-            command
-                .arg("--tls-cert-file")
-                .arg(cert)
-                .arg("--tls-key-file")
-                .arg(key);
-        }
-        command.args(&self.options.args);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning redis-server (is it installed?)")?;
-        self.child = Some(child);
-        self.wait_until_ready(&log)
-    }
-
-    fn wait_until_ready(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                bail!(
-                    "redis-server exited ({status}) on port {}: {}",
-                    self.port,
-                    last_lines(&text)
-                );
-            }
-            let logged_ready = std::fs::read_to_string(log).is_ok_and(|text| {
-                text.contains("Ready to accept connections") || text.contains("Sentinel ID is")
-            });
-            if logged_ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.stop();
-        bail!(
-            "redis-server on port {} not ready within {START_TIMEOUT:?}",
-            self.port
-        )
-    }
-
-    fn signal(&self, signal: &str) -> Result<()> {
-        let child = self.child.as_ref().context("redis-server is not running")?;
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill {signal} failed");
-        Ok(())
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // A paused server ignores SIGKILL until continued on some kernels' views
-        // of job control; SIGKILL always wins, but reaping is faster after CONT.
-        let _ = self.resume();
-        self.stop();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-fn last_lines(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 /// A pub/sub connection that records every `(channel, message)` it receives.
@@ -284,7 +134,7 @@ impl Subscriber {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut writer = stream.try_clone()?;
-        if let Some(password) = &server.options.password {
+        if let Some(password) = &server.inner.options().password {
             writer.write_all(&encode(&["AUTH", password]))?;
             let reply = read_value(&mut reader)?;
             anyhow::ensure!(reply == Resp::Simple("OK".into()), "AUTH failed: {reply:?}");
