@@ -15,6 +15,8 @@
 
 #[path = "bench/entries.rs"]
 mod entries;
+#[path = "bench/knobs.rs"]
+mod knobs;
 #[path = "bench/processes.rs"]
 mod processes;
 #[path = "bench/relay_run.rs"]
@@ -35,6 +37,7 @@ use anyhow::{Context, Result, bail};
 use mongo_sim::{MongoSim, MongoVersion, SimOptions};
 use redtail::transform::{TransformSettings, Transformer};
 
+use crate::knobs::{env_number, redtail_bin};
 use crate::processes::{RedisServer, Redtail};
 use crate::relay_run::RelayEnv;
 use crate::report::{BatchRun, Report};
@@ -53,23 +56,12 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Result<Self> {
-        fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-            match std::env::var(name) {
-                Ok(value) => value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .with_context(|| format!("{name}={value:?} is not a valid number")),
-                Err(_) => Ok(default),
-            }
-        }
         let batch_sizes = std::env::var("BENCH_BATCH_SIZES").unwrap_or_else(|_| "1,100".to_owned());
         let knobs = Self {
-            redtail_bin: std::env::var_os("REDTAIL_BIN")
-                .map_or_else(|| PathBuf::from("target/release/redtail"), PathBuf::from),
-            writes: parsed("BENCH_WRITES", 200_000u64)?.clamp(1, 2_000_000),
-            rate: parsed("BENCH_RATE", 5_000f64)?.clamp(1.0, 1_000_000.0),
-            latency_secs: parsed("BENCH_LATENCY_SECS", 10f64)?.clamp(0.1, 120.0),
+            redtail_bin: redtail_bin(),
+            writes: env_number("BENCH_WRITES", 200_000u64)?.clamp(1, 2_000_000),
+            rate: env_number("BENCH_RATE", 5_000f64)?.clamp(1.0, 1_000_000.0),
+            latency_secs: env_number("BENCH_LATENCY_SECS", 10f64)?.clamp(0.1, 120.0),
             batch_sizes: batch_sizes
                 .split(',')
                 .map(|size| size.trim().parse().ok().filter(|size| *size > 0))

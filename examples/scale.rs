@@ -15,10 +15,12 @@
 //! `SCALE_RATE` (default 5000/s), `SCALE_REPLICAS` (default `1,2,3,5`),
 //! `SCALE_MODES` (default `cluster,otr-model`).
 
+#[path = "bench/knobs.rs"]
+mod knobs;
 #[path = "scale/load.rs"]
 mod load;
 #[path = "bench/processes.rs"]
-#[allow(dead_code)] // only the Redis server and free_port are used here
+#[allow(dead_code)] // only the Redis server, free_port and http_get are used here
 mod processes;
 #[path = "scale/replicas.rs"]
 mod replicas;
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mongo_sim::{MongoSim, SimOptions};
 
+use crate::knobs::{env_number, redtail_bin};
 use crate::load::Subscriber;
 use crate::processes::RedisServer;
 use crate::replicas::{LeaseSpread, Replica};
@@ -78,23 +81,12 @@ struct Knobs {
 
 impl Knobs {
     fn from_env() -> Result<Self> {
-        fn number<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-            match std::env::var(name) {
-                Ok(value) => value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .with_context(|| format!("{name}={value:?} is not a valid number")),
-                Err(_) => Ok(default),
-            }
-        }
         let replicas = std::env::var("SCALE_REPLICAS").unwrap_or_else(|_| "1,2,3,5".to_owned());
         let modes = std::env::var("SCALE_MODES").unwrap_or_else(|_| "cluster,otr-model".to_owned());
         let knobs = Self {
-            redtail_bin: std::env::var_os("REDTAIL_BIN")
-                .map_or_else(|| PathBuf::from("target/release/redtail"), PathBuf::from),
-            writes: number("SCALE_WRITES", 20_000u64)?.clamp(1, 1_000_000),
-            rate: number("SCALE_RATE", 5_000f64)?.clamp(1.0, 100_000.0),
+            redtail_bin: redtail_bin(),
+            writes: env_number("SCALE_WRITES", 20_000u64)?.clamp(1, 1_000_000),
+            rate: env_number("SCALE_RATE", 5_000f64)?.clamp(1.0, 100_000.0),
             replicas: replicas
                 .split(',')
                 .map(|r| r.trim().parse().ok().filter(|r| (1..=16).contains(r)))

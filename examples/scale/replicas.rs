@@ -2,15 +2,13 @@
 //! spawned before any is waited for, so they join the cluster together and
 //! the rendezvous ranking (not start order) decides who leads what.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::processes::free_port;
+use crate::processes::{free_port, http_get};
 
 /// The Prometheus gauge of the shards an instance leads.
 const LEASES_GAUGE: &str = "redtail_shard_leases_held";
@@ -157,21 +155,6 @@ pub fn gauge_value(metrics: &str, name: &str) -> Option<u64> {
         let value = rest.strip_prefix(' ')?;
         value.trim().parse::<f64>().ok().map(|v| v as u64)
     })
-}
-
-/// A minimal HTTP/1.0 GET on 127.0.0.1: (status, body), `None` when nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    Some((status, body))
 }
 
 #[cfg(test)]
