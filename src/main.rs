@@ -17,6 +17,7 @@ use redtail::position::OplogPosition;
 use redtail::publish::Publisher;
 use redtail::sharding;
 use redtail::sources::oplog::{self, OplogSource};
+use redtail::sources::reachability;
 use redtail::sources::start::{StartPlan, plan_start};
 use redtail::status::StatusSource;
 use redtail::telemetry::{logging, metrics::Metrics, traces};
@@ -95,11 +96,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .context("configuring the MongoDB client")?;
     let denylist = connect_denylist(&config, &metrics).await?;
     let mut status = None;
+    let probes_stop = CancellationToken::new();
     let (publishing, stored) = if config.cluster {
         let settings = config.cluster_settings().map_err(anyhow::Error::msg)?;
-        let (sharded, oldest) = sharding::join_cluster(&settings)
+        let (mut sharded, oldest) = sharding::join_cluster(&settings)
             .await
             .context("joining the cluster")?;
+        sharded.mongo_reachable = Some(reachability::watch_reachability(
+            mongo.clone(),
+            settings.reachability(),
+            probes_stop.clone(),
+        ));
         let client = redis::Client::open(settings.redis_url.as_str())?;
         let member = Some(sharded.coordinator.member().clone());
         status = Some(StatusSource::connect(
@@ -158,6 +165,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     };
     let result = relay.run(shutdown, ready).await;
+    probes_stop.cancel();
     http_stop.cancel();
     let _ = http_task.await;
     if let Some(traces) = traces {

@@ -33,6 +33,10 @@
 //!   checkpoint and calls [`Coordinator::drained`], then the lease is released
 //!   and announced (or after `drain_timeout`, whichever comes first; fencing
 //!   keeps a late batch harmless);
+//! - **step aside** on [`Coordinator::set_available`]`(false)` (its pipeline
+//!   cannot read MongoDB): leave the membership and hand every shard over
+//!   like a leave, but stay running, and join again (settling like a new
+//!   member) once available;
 //! - **leave** on [`Coordinator::shutdown`]: remove itself from the membership
 //!   (announced, so the others re-rank before any release), drain and release
 //!   every lease the same way, then stop.
@@ -148,6 +152,7 @@ pub struct Coordinator {
     member: MemberId,
     assignment: watch::Receiver<Assignment>,
     drained: mpsc::UnboundedSender<ShardId>,
+    available: watch::Sender<bool>,
     cancel: CancellationToken,
     engine: Option<JoinHandle<()>>,
     listener: Option<JoinHandle<()>>,
@@ -194,6 +199,7 @@ impl Coordinator {
         membership.join(&mut conn).await?;
         let (assignment_tx, assignment_rx) = watch::channel(Assignment::default());
         let (drained_tx, drained_rx) = mpsc::unbounded_channel();
+        let (available_tx, available_rx) = watch::channel(true);
         let mut engine = Engine {
             conn,
             keys,
@@ -208,16 +214,19 @@ impl Coordinator {
             released_at: HashMap::new(),
             last_handoff: None,
             leaving: false,
+            aside: false,
+            want_available: true,
             assignment: assignment_tx,
             settings,
         };
         engine.refresh_members().await;
         info!(member = %member, shards = map.shards(), "joined the redtail cluster");
-        let engine = tokio::spawn(engine.run(cancel.clone(), notify_rx, drained_rx));
+        let engine = tokio::spawn(engine.run(cancel.clone(), notify_rx, drained_rx, available_rx));
         Ok(Self {
             member,
             assignment: assignment_rx,
             drained: drained_tx,
+            available: available_tx,
             cancel,
             engine: Some(engine),
             listener: Some(listener),
@@ -240,6 +249,19 @@ impl Coordinator {
     /// instance's source is unhealthy and another should take over.
     pub fn drained(&self, shard: ShardId) {
         let _ = self.drained.send(shard);
+    }
+
+    /// Whether this member can do its work (its pipeline can read MongoDB).
+    /// `false` steps it aside: it leaves the membership (announced, so the
+    /// others re-rank without it and its standbys take over), drains and
+    /// releases every shard it leads, and takes none while aside. `true`
+    /// joins again, settling like a new member. Repeating a value is a no-op.
+    pub fn set_available(&self, available: bool) {
+        self.available.send_if_modified(|current| {
+            let changed = *current != available;
+            *current = available;
+            changed
+        });
     }
 
     /// A clonable handle for [`Coordinator::drained`], for the tasks that
@@ -400,6 +422,11 @@ struct Engine {
     released_at: HashMap<ShardId, Instant>,
     last_handoff: Option<Instant>,
     leaving: bool,
+    /// Stepped aside (see [`Coordinator::set_available`]): out of the
+    /// membership, taking nothing, until available again.
+    aside: bool,
+    /// The availability last asked for: a failed rejoin is retried.
+    want_available: bool,
     assignment: watch::Sender<Assignment>,
 }
 
@@ -409,6 +436,7 @@ impl Engine {
         cancel: CancellationToken,
         mut notifications: mpsc::Receiver<Notification>,
         mut drained: mpsc::UnboundedReceiver<ShardId>,
+        mut available: watch::Receiver<bool>,
     ) {
         let mut poll = tokio::time::interval(self.settings.timing.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,6 +454,10 @@ impl Engine {
                 }
                 Some(notification) = notifications.recv() => self.on_notification(notification).await,
                 Some(shard) = drained.recv() => self.release(shard, "drained").await,
+                Ok(()) = available.changed() => {
+                    let now_available = *available.borrow_and_update();
+                    self.follow_availability(now_available).await;
+                }
             }
             self.demote_stale();
             self.publish_assignment();
@@ -438,6 +470,15 @@ impl Engine {
 
     async fn begin_leaving(&mut self) {
         self.leaving = true;
+        if !self.aside {
+            self.withdraw().await;
+        }
+        info!(member = %self.me, shards = self.held.len(), "leaving: draining every lead shard");
+    }
+
+    /// Out of the membership (announced first, so the others re-rank before
+    /// any release), every held shard draining.
+    async fn withdraw(&mut self) {
         if let Err(e) = self.membership.leave(&mut self.conn).await {
             warn!(member = %self.me, error = %e, "could not leave the membership; it expires by itself");
         }
@@ -447,7 +488,41 @@ impl Engine {
         for held in self.held.values_mut() {
             held.draining_since.get_or_insert(now);
         }
-        info!(member = %self.me, shards = self.held.len(), "leaving: draining every lead shard");
+    }
+
+    /// Whether this member is out of the membership (leaving or aside).
+    fn withdrawn(&self) -> bool {
+        self.leaving || self.aside
+    }
+
+    async fn follow_availability(&mut self, available: bool) {
+        self.want_available = available;
+        if self.leaving {
+            return;
+        }
+        if !available && !self.aside {
+            self.aside = true;
+            self.withdraw().await;
+            warn!(member = %self.me, shards = self.held.len(),
+                "stepping aside: handing every lead shard over until this instance can work again");
+        } else if available && self.aside {
+            self.rejoin().await;
+        }
+    }
+
+    /// Joins again after stepping aside, settling like a new member. The
+    /// shards it gave up were not handoffs, so it may take them back at once.
+    async fn rejoin(&mut self) {
+        let joined_at = Instant::now();
+        if let Err(e) = self.membership.join(&mut self.conn).await {
+            warn!(member = %self.me, error = %e, "could not join the membership again; retrying at the next poll");
+            return;
+        }
+        self.aside = false;
+        self.joined_at = joined_at;
+        self.released_at.clear();
+        self.refresh_members().await;
+        info!(member = %self.me, "available again: joined the membership");
     }
 
     async fn refresh_members(&mut self) {
@@ -458,10 +533,10 @@ impl Engine {
     fn apply_members(&mut self, listed: Result<Vec<MemberId>>) {
         match listed {
             Ok(mut members) => {
-                if !self.leaving && !members.contains(&self.me) {
+                if !self.withdrawn() && !members.contains(&self.me) {
                     members.push(self.me.clone());
                 }
-                if !self.leaving && members != self.members {
+                if !self.withdrawn() && members != self.members {
                     debug!(member = %self.me, live = members.len(), "membership changed");
                 }
                 let now = Instant::now();
@@ -478,7 +553,10 @@ impl Engine {
     /// The periodic scan: membership, drain timeouts, free shards, handoffs.
     async fn poll(&mut self) {
         self.release_overdue_drains().await;
-        if self.leaving {
+        if self.aside && self.want_available && !self.leaving {
+            self.rejoin().await;
+        }
+        if self.withdrawn() {
             return;
         }
         // Both reads at once: a slow Redis delays the loop (and with it a
@@ -524,7 +602,7 @@ impl Engine {
 
     /// Whether this member should take `shard`, seen free since `free_since`.
     fn may_acquire(&self, shard: ShardId, free_since: Instant, now: Instant) -> bool {
-        if self.leaving || self.held.contains_key(&shard) {
+        if self.withdrawn() || self.held.contains_key(&shard) {
             return false;
         }
         let ranking = rank(shard, &self.members);
@@ -682,7 +760,7 @@ impl Engine {
         });
         let mut heartbeat_conn = self.conn.clone();
         let heartbeat = async {
-            if self.leaving {
+            if self.withdrawn() {
                 Ok(())
             } else {
                 self.membership.heartbeat(&mut heartbeat_conn).await
@@ -731,7 +809,7 @@ impl Engine {
     async fn on_notification(&mut self, notification: Notification) {
         match notification {
             Notification::MembershipChanged => {
-                if !self.leaving {
+                if !self.withdrawn() {
                     self.refresh_members().await;
                     self.acquire_known_free().await;
                 }
@@ -777,7 +855,7 @@ impl Engine {
                 next.leading.insert(shard, token);
             }
         }
-        if !self.leaving {
+        if !self.withdrawn() {
             let standby_ranks = 1..=1 + self.settings.standbys;
             next.standby = self
                 .map

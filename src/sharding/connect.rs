@@ -11,6 +11,7 @@ use redis::aio::ConnectionManager;
 
 use super::ShardedPublishing;
 use crate::position::OplogPosition;
+use crate::sources::reachability::ReachabilitySettings;
 
 /// Cluster-mode settings, from `OTR_CLUSTER_*` and the Redis settings.
 #[derive(Debug, Clone)]
@@ -63,6 +64,17 @@ impl ClusterSettings {
             ..CoordinatorSettings::default()
         }
     }
+
+    /// How MongoDB's reachability is probed: an instance steps aside after
+    /// half a lease TTL without an answer, so its standbys take its shards
+    /// sooner than a crash would be noticed, and a blip shorter than that
+    /// moves nothing.
+    pub fn reachability(&self) -> ReachabilitySettings {
+        ReachabilitySettings {
+            interval: Duration::from_secs(1).min(self.lease_ttl / 8),
+            unreachable_after: self.lease_ttl / 2,
+        }
+    }
 }
 
 /// Why cluster mode could not start.
@@ -110,6 +122,7 @@ pub async fn join_cluster(
         checkpoint_interval: settings.checkpoint_interval,
         max_outage: settings.max_outage,
         standby_window: settings.standby_window,
+        mongo_reachable: None,
     };
     Ok((publishing, oldest))
 }

@@ -51,6 +51,9 @@ pub struct ShardedPublishing {
     pub max_outage: Duration,
     /// Publications kept per standby shard; 0 tails no standby shard.
     pub standby_window: usize,
+    /// Whether MongoDB answers this instance: while it does not, the
+    /// instance steps aside so its standbys publish its shards.
+    pub mongo_reachable: Option<watch::Receiver<bool>>,
 }
 
 /// The stage itself.
@@ -90,6 +93,7 @@ impl ShardedStage {
             checkpoint_interval,
             max_outage,
             standby_window,
+            mut mongo_reachable,
         } = self.publishing;
         self.metrics.cluster_shards.set(i64::from(map.shards()));
         let mut runner = Runner {
@@ -135,6 +139,10 @@ impl ShardedStage {
                     }
                     runner.follow_assignment().await;
                 }
+                Some(reachable) = next_reachability(&mut mongo_reachable) => {
+                    runner.metrics.stepped_aside.set(i64::from(!reachable));
+                    coordinator.set_available(reachable);
+                }
                 received = records.recv_many(&mut buffer, MAX_RECORDS_PER_BATCH) => {
                     if received == 0 {
                         break;
@@ -154,6 +162,19 @@ impl ShardedStage {
         runner.hand_back_all().await;
         coordinator
     }
+}
+
+/// The next change of MongoDB's reachability; never without a watch (or
+/// once its sender is gone).
+async fn next_reachability(watched: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    let Some(reachable) = watched.as_mut() else {
+        return std::future::pending().await;
+    };
+    if reachable.changed().await.is_err() {
+        *watched = None;
+        return None;
+    }
+    Some(*reachable.borrow_and_update())
 }
 
 /// The stage's working state.

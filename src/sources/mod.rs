@@ -6,6 +6,7 @@
 //! source is a new file here plus a new [`SourceRecord`] variant.
 
 pub mod oplog;
+pub mod reachability;
 pub mod start;
 
 use bson::RawDocumentBuf;

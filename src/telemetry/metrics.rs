@@ -92,6 +92,9 @@ pub struct Metrics {
     /// `redtail_standby_window_publications`: publications held in all
     /// standby windows (their memory cost).
     pub standby_window_publications: IntGauge,
+    /// `redtail_cluster_stepped_aside`: 1 while this instance stands aside
+    /// because MongoDB does not answer it (cluster mode).
+    pub stepped_aside: IntGauge,
 }
 
 impl Metrics {
@@ -274,6 +277,11 @@ impl Metrics {
                 &registry,
                 "redtail_standby_window_publications",
                 "Publications held in the standby windows",
+            ),
+            stepped_aside: int_gauge(
+                &registry,
+                "redtail_cluster_stepped_aside",
+                "1 while this instance stands aside because MongoDB does not answer it",
             ),
             registry,
         }

@@ -1,7 +1,8 @@
 //! The oplog source's contract with cluster mode, in process against
 //! mongo-sim (or a real replica set): a new namespace exclusion list is
 //! announced before the first entry read with it, so a standby knows from
-//! which position its window holds every change of a shard.
+//! which position its window holds every change of a shard; and the
+//! reachability probe that steps a cut-off cluster member aside.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use bson::doc;
 use redtail::sources::SourceRecord;
 use redtail::sources::oplog::{ExcludedNamespaces, OplogSettings, OplogSource};
+use redtail::sources::reachability::{ReachabilitySettings, watch_reachability};
 use redtail::sources::start::{StartPlan, StartReason};
 use redtail::telemetry::metrics::Metrics;
 use tokio::sync::{mpsc, watch};
@@ -135,4 +137,52 @@ async fn exclusion_lists_are_announced_before_the_entries_they_filter() {
     }
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// Waits until the watch reads `wanted` (bounded), returning how long it took.
+async fn until_reads(
+    watch: &mut watch::Receiver<bool>,
+    wanted: bool,
+    within: Duration,
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(within, watch.wait_for(|v| *v == wanted))
+        .await
+        .unwrap_or_else(|_| panic!("reachability did not turn {wanted} within {within:?}"))
+        .expect("the probe keeps running");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reachability_turns_false_when_mongo_stops_answering_but_not_in_an_election() {
+    let mongo = TestMongo::start();
+    let Some(sim) = mongo.sim() else {
+        return crate::support::mongo::skip_without_sim("reachability");
+    };
+    let client = mongo.client().await;
+    let settings = ReachabilitySettings {
+        interval: Duration::from_millis(100),
+        unreachable_after: Duration::from_millis(500),
+    };
+    let shutdown = CancellationToken::new();
+    let mut reachable = watch_reachability(client, settings, shutdown.clone());
+    assert!(*reachable.borrow());
+
+    // An election: the nearest member still answers, nothing changes.
+    sim.faults().step_down(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(*reachable.borrow(), "a step-down made MongoDB unreachable");
+    assert!(!reachable.has_changed().unwrap());
+
+    // Frozen: no answer for longer than the limit.
+    sim.faults().pause(Duration::from_secs(2));
+    let took = until_reads(&mut reachable, false, Duration::from_secs(2)).await;
+    assert!(
+        took >= Duration::from_millis(400),
+        "turned false after {took:?}"
+    );
+    // Back once the driver has found the server again (about 5 s after the
+    // pause ends against mongo-sim).
+    until_reads(&mut reachable, true, Duration::from_secs(15)).await;
+    shutdown.cancel();
 }

@@ -114,6 +114,13 @@ impl Node {
         Ok(())
     }
 
+    fn set_available(&self, available: bool) {
+        self.coordinator
+            .as_ref()
+            .expect("running")
+            .set_available(available);
+    }
+
     fn crash(&mut self) {
         self.pipeline.abort();
         if let Some(coordinator) = self.coordinator.take() {
@@ -751,5 +758,74 @@ async fn a_leader_cut_off_from_redis_demotes_itself_before_its_lease_expires() -
     })
     .await?;
     node.shutdown().await?;
+    Ok(())
+}
+
+/// The member ids in Redis's membership set.
+async fn listed_members(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<String>> {
+    Ok(redis::cmd("ZRANGE")
+        .arg(ClusterKeys::new(PREFIX)?.members())
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await?)
+}
+
+#[tokio::test]
+async fn a_member_that_cannot_work_steps_aside_and_comes_back() -> Result<()> {
+    let server = RedisServer::start().await?;
+    let recorder = Recorder::start(&server).await?;
+    let auditor = LeaseAuditor::start(&server).await?;
+    let settings = fast_settings();
+    let (members, mut nodes) =
+        start_announced_trio(&server, &settings, true, Duration::from_secs(5)).await?;
+    let moving = nodes[0].leading();
+    assert!(!moving.is_empty());
+    let mut conn = server.connection().await?;
+
+    // Unavailable: out of the membership, every shard handed over, and
+    // nothing taken back while aside (well past a TTL and several polls).
+    let started = Instant::now();
+    nodes[0].set_available(false);
+    eventually(
+        Duration::from_secs(2),
+        "the others to lead every shard",
+        || async {
+            let all_led =
+                nodes[1].leading().len() + nodes[2].leading().len() == usize::from(SHARDS);
+            Ok(all_led.then_some(()))
+        },
+    )
+    .await?;
+    let handover = started.elapsed();
+    assert!(
+        handover < settings.timing.ttl,
+        "handover took {handover:?}, as long as an expiry"
+    );
+    tokio::time::sleep(settings.timing.ttl * 2).await;
+    assert_eq!(nodes[0].assignment(), Assignment::default());
+    let listed = listed_members(&mut conn).await?;
+    assert!(!listed.contains(&members[0].to_string()), "{listed:?}");
+    let survivors = [members[1].clone(), members[2].clone()];
+    let in_redis = holders(&mut conn).await?;
+    for shard in &moving {
+        assert_eq!(in_redis[shard].0, rank(*shard, &survivors)[0].to_string());
+    }
+
+    // Available again: back in the membership and, once settled, leading
+    // its preferred shards again.
+    nodes[0].set_available(true);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&refs, Duration::from_secs(10)).await?;
+    assert!(
+        listed_members(&mut conn)
+            .await?
+            .contains(&members[0].to_string())
+    );
+    for node in &mut nodes {
+        node.shutdown().await?;
+    }
+    auditor.finish().await?;
+    check_publications(&recorder)?;
     Ok(())
 }
