@@ -565,17 +565,7 @@ async fn leave_and_check_the_handover(release_first: bool) -> Result<()> {
     nodes[0].shutdown().await?;
     let shutdown_took = started.elapsed();
     let mut conn = server.connection().await?;
-    let survivors = [members[1].clone(), members[2].clone()];
-    eventually(
-        Duration::from_secs(2),
-        "the survivors to lead every shard",
-        || async {
-            let all_led =
-                nodes[1].leading().len() + nodes[2].leading().len() == usize::from(SHARDS);
-            Ok(all_led.then_some(()))
-        },
-    )
-    .await?;
+    wait_handed_to_survivors(&nodes, &members, &moving, &mut conn).await?;
     let handover = started.elapsed();
     assert!(
         shutdown_took < Duration::from_secs(1),
@@ -585,12 +575,6 @@ async fn leave_and_check_the_handover(release_first: bool) -> Result<()> {
         handover < Duration::from_secs(1),
         "handover took {handover:?} (poll is 3 s)"
     );
-    // The new leaders are the survivors' ranking, and Redis says the same.
-    let in_redis = holders(&mut conn).await?;
-    for shard in &moving {
-        let expected = rank(*shard, &survivors)[0].to_string();
-        assert_eq!(in_redis[shard].0, expected, "shard {shard}");
-    }
     for node in &mut nodes[1..] {
         node.shutdown().await?;
     }
@@ -761,6 +745,34 @@ async fn a_leader_cut_off_from_redis_demotes_itself_before_its_lease_expires() -
     Ok(())
 }
 
+/// Waits (2 s) until nodes 1 and 2 together lead every shard, then checks
+/// that Redis gives each of `moving` (node 0's shards) to its first-ranked
+/// survivor.
+async fn wait_handed_to_survivors(
+    nodes: &[Node],
+    members: &[MemberId; 3],
+    moving: &BTreeSet<ShardId>,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<()> {
+    eventually(
+        Duration::from_secs(2),
+        "the survivors to lead every shard",
+        || async {
+            let all_led =
+                nodes[1].leading().len() + nodes[2].leading().len() == usize::from(SHARDS);
+            Ok(all_led.then_some(()))
+        },
+    )
+    .await?;
+    let survivors = [members[1].clone(), members[2].clone()];
+    let in_redis = holders(conn).await?;
+    for shard in moving {
+        let expected = rank(*shard, &survivors)[0].to_string();
+        assert_eq!(in_redis[shard].0, expected, "shard {shard}");
+    }
+    Ok(())
+}
+
 /// The member ids in Redis's membership set.
 async fn listed_members(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<String>> {
     Ok(redis::cmd("ZRANGE")
@@ -787,16 +799,7 @@ async fn a_member_that_cannot_work_steps_aside_and_comes_back() -> Result<()> {
     // nothing taken back while aside (well past a TTL and several polls).
     let started = Instant::now();
     nodes[0].set_available(false);
-    eventually(
-        Duration::from_secs(2),
-        "the others to lead every shard",
-        || async {
-            let all_led =
-                nodes[1].leading().len() + nodes[2].leading().len() == usize::from(SHARDS);
-            Ok(all_led.then_some(()))
-        },
-    )
-    .await?;
+    wait_handed_to_survivors(&nodes, &members, &moving, &mut conn).await?;
     let handover = started.elapsed();
     assert!(
         handover < settings.timing.ttl,
@@ -806,11 +809,7 @@ async fn a_member_that_cannot_work_steps_aside_and_comes_back() -> Result<()> {
     assert_eq!(nodes[0].assignment(), Assignment::default());
     let listed = listed_members(&mut conn).await?;
     assert!(!listed.contains(&members[0].to_string()), "{listed:?}");
-    let survivors = [members[1].clone(), members[2].clone()];
-    let in_redis = holders(&mut conn).await?;
-    for shard in &moving {
-        assert_eq!(in_redis[shard].0, rank(*shard, &survivors)[0].to_string());
-    }
+    wait_handed_to_survivors(&nodes, &members, &moving, &mut conn).await?;
 
     // Available again: back in the membership and, once settled, leading
     // its preferred shards again.
