@@ -34,6 +34,13 @@ impl OplogPosition {
         }
     }
 
+    /// Seconds from this position's oplog time (whole seconds) to `now_ms`
+    /// (Unix milliseconds), never negative: how stale a change or a
+    /// checkpoint is, for the staleness and checkpoint-age metrics.
+    pub fn age_seconds(self, now_ms: i64) -> f64 {
+        (now_ms - i64::from(self.time) * 1000).max(0) as f64 / 1000.0
+    }
+
     /// Parses the decimal form stored under `lastProcessedEntry` keys.
     pub fn parse_decimal(text: &str) -> Option<Self> {
         text.trim().parse::<u64>().ok().map(Self::from_u64)
@@ -73,6 +80,20 @@ mod tests {
     fn encodes_like_oplogtoredis() {
         // oplogtoredis's own unit test vector: T=1234, I=5678.
         assert_eq!(OplogPosition::new(1234, 5678).to_string(), "5299989648942");
+    }
+
+    #[test]
+    fn age_table() {
+        let p = OplogPosition::new(1_700_000_000, 9);
+        let cases = [
+            (1_700_000_000_000, 0.0),
+            (1_700_000_002_500, 2.5),
+            // A clock behind the primary's reads as no age, not negative.
+            (1_699_999_999_000, 0.0),
+        ];
+        for (now_ms, want) in cases {
+            assert_eq!(p.age_seconds(now_ms), want, "{now_ms}");
+        }
     }
 
     #[test]

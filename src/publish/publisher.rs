@@ -555,7 +555,7 @@ impl DestinationLoop {
         match written {
             Ok(()) => {
                 self.flushed = Some(position);
-                let age = (unix_millis() - i64::from(position.time) * 1000).max(0) as f64 / 1000.0;
+                let age = position.age_seconds(unix_millis());
                 self.metrics.checkpoint_age.set(age);
                 true
             }

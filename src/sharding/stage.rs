@@ -303,10 +303,7 @@ impl Runner {
     fn stop_leading(&mut self, shard: ShardId) -> Option<ShardState> {
         self.catching_up.remove(&shard);
         let state = self.shards.remove(&shard)?;
-        self.metrics
-            .shard_lease_held
-            .with_label_values(&[&shard.0.to_string()])
-            .set(0);
+        self.report_led(shard, false);
         Some(state)
     }
 
@@ -419,10 +416,7 @@ impl Runner {
             .lease_transitions
             .with_label_values(&["acquired"])
             .inc();
-        self.metrics
-            .shard_lease_held
-            .with_label_values(&[&shard.0.to_string()])
-            .set(1);
+        self.report_led(shard, true);
         self.shards.insert(shard, state);
         resumption
     }
@@ -605,6 +599,14 @@ impl Runner {
         self.report_windows();
     }
 
+    /// `redtail_shard_lease_held{shard}`.
+    fn report_led(&self, shard: ShardId, led: bool) {
+        self.metrics
+            .shard_lease_held
+            .with_label_values(&[&shard.0.to_string()])
+            .set(i64::from(led));
+    }
+
     fn report_windows(&self) {
         self.metrics.standby_shards.set(self.windows.len() as i64);
         let held: usize = self.windows.values().map(StandbyWindow::len).sum();
@@ -615,49 +617,54 @@ impl Runner {
     /// shard immediately.
     async fn publish(&mut self, batches: BTreeMap<ShardId, Vec<Publication>>) {
         let checkpoint = self.resume;
-        let calls = batches.into_iter().filter_map(|(shard, publications)| {
-            let token = self.shards.get(&shard)?.token.clone();
-            let call = ShardCall {
-                shard,
-                token,
-                publications,
-                checkpoint,
-            };
-            Some(call.run(
-                self.connection.clone(),
-                &self.fenced,
-                &self.keys,
-                &self.metrics,
-                self.max_outage,
-            ))
-        });
-        let results = futures_util::future::join_all(calls).await;
-        self.apply_results(results);
+        let calls = batches
+            .into_iter()
+            .filter_map(|(shard, publications)| {
+                let token = self.shards.get(&shard)?.token.clone();
+                Some(ShardCall {
+                    shard,
+                    token,
+                    publications,
+                    checkpoint,
+                })
+            })
+            .collect();
+        self.run_calls(calls).await;
     }
 
     /// Moves idle shards' checkpoints along with the stream.
     async fn checkpoint_idle_shards(&mut self) {
         let Some(resume) = self.resume else { return };
-        let calls = self.shards.iter().filter_map(|(shard, state)| {
-            let stale = state.awaiting_replay_from.is_none()
-                && state.checkpointed.is_none_or(|c| c < resume);
-            stale.then(|| {
-                let call = ShardCall {
-                    shard: *shard,
-                    token: state.token.clone(),
-                    publications: Vec::new(),
-                    checkpoint: Some(resume),
-                };
-                call.run(
-                    self.connection.clone(),
-                    &self.fenced,
-                    &self.keys,
-                    &self.metrics,
-                    self.max_outage,
-                )
+        let calls = self
+            .shards
+            .iter()
+            .filter(|(_, state)| {
+                state.awaiting_replay_from.is_none()
+                    && state.checkpointed.is_none_or(|c| c < resume)
             })
+            .map(|(shard, state)| ShardCall {
+                shard: *shard,
+                token: state.token.clone(),
+                publications: Vec::new(),
+                checkpoint: Some(resume),
+            })
+            .collect();
+        self.run_calls(calls).await;
+    }
+
+    /// Runs the calls concurrently on the shared connection, then applies
+    /// their outcomes.
+    async fn run_calls(&mut self, calls: Vec<ShardCall>) {
+        let running = calls.into_iter().map(|call| {
+            call.run(
+                self.connection.clone(),
+                &self.fenced,
+                &self.keys,
+                &self.metrics,
+                self.max_outage,
+            )
         });
-        let results = futures_util::future::join_all(calls).await;
+        let results = futures_util::future::join_all(running).await;
         self.apply_results(results);
     }
 
@@ -711,8 +718,7 @@ impl Runner {
     fn report_checkpoint_age(&self) {
         let oldest = self.shards.values().filter_map(|s| s.checkpointed).min();
         if let Some(oldest) = oldest {
-            let now_ms = crate::telemetry::unix_millis();
-            let age = (now_ms - i64::from(oldest.time) * 1000).max(0) as f64 / 1000.0;
+            let age = oldest.age_seconds(crate::telemetry::unix_millis());
             self.metrics.checkpoint_age.set(age);
         }
     }

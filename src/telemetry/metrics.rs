@@ -302,8 +302,7 @@ impl Metrics {
         for (publication, published) in acknowledged {
             sent += 1;
             let status = if published { "published" } else { "duplicate" };
-            let staleness =
-                (now_ms - i64::from(publication.origin.time) * 1000).max(0) as f64 / 1000.0;
+            let staleness = publication.origin.age_seconds(now_ms);
             self.entry_staleness
                 .with_label_values(&[lane, status])
                 .observe(staleness);
