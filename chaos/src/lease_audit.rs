@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::redis_read::mget_within;
+
 /// The lease of one shard as sampled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -219,6 +221,8 @@ pub struct LeaseAuditor {
 /// Most samples over an auditor's life (at 15 ms: ~25 minutes).
 const MAX_SAMPLES: u64 = 100_000;
 const SAMPLE_EVERY: Duration = Duration::from_millis(15);
+/// Bound on one sample's connection and reply.
+const SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl LeaseAuditor {
     /// Starts sampling `redis_url` (direct, not proxied).
@@ -265,7 +269,7 @@ async fn sample_loop(
         if *stopped.borrow() {
             return;
         }
-        match sample(&client, &mut conn, &names).await {
+        match mget_within(&client, &mut conn, &names, SAMPLE_TIMEOUT).await {
             Some(values) => {
                 let rows: Vec<_> = values
                     .chunks(3)
@@ -276,34 +280,10 @@ async fn sample_loop(
                     .expect("audit lock")
                     .observe(Instant::now(), &rows);
             }
-            None => {
-                conn = None;
-                audit.lock().expect("audit lock").failed_samples += 1;
-            }
+            None => audit.lock().expect("audit lock").failed_samples += 1,
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
-}
-
-async fn sample(
-    client: &redis::Client,
-    conn: &mut Option<redis::aio::MultiplexedConnection>,
-    names: &[String],
-) -> Option<Vec<Option<String>>> {
-    let timeout = Duration::from_millis(500);
-    if conn.is_none() {
-        *conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
-            .await
-            .ok()?
-            .ok();
-    }
-    let c = conn.as_mut()?;
-    let mut mget = redis::cmd("MGET");
-    mget.arg(names);
-    tokio::time::timeout(timeout, mget.query_async(c))
-        .await
-        .ok()?
-        .ok()
 }
 
 #[cfg(test)]

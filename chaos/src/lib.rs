@@ -13,6 +13,7 @@ pub mod instance;
 pub mod lease_audit;
 pub mod proxy;
 pub mod publish_audit;
+pub mod redis_read;
 pub mod redis_server;
 pub mod report;
 pub mod scenarios;

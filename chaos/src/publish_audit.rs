@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::redis_read::mget_within;
 use crate::subscriber::Subscriber;
 
 /// The `_id` named by a redis-oplog message (`{"e":..,"d":{"_id":..},..}`),
@@ -105,6 +106,8 @@ pub struct PublishAuditor {
 const MAX_ROUNDS: usize = 18_000;
 /// How long a delivered id may wait for its oplog entry to be indexed.
 const INDEX_PATIENCE: Duration = Duration::from_secs(20);
+/// Bound on one dedup-value read's connection and reply.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Pending {
     id: String,
@@ -286,7 +289,7 @@ impl LoopState {
         self.found.lock().expect("epochs lock").unindexed += unindexed;
         for chunk in ready.chunks(500) {
             let keys: Vec<&String> = chunk.iter().map(|(_, key)| key).collect();
-            let values = self.mget(conn, &keys).await;
+            let values = mget_within(&self.redis, conn, &keys, READ_TIMEOUT).await;
             let mut found = self.found.lock().expect("epochs lock");
             match values {
                 Some(values) => {
@@ -300,31 +303,6 @@ impl LoopState {
                     }
                 }
                 None => found.missing += chunk.len(),
-            }
-        }
-    }
-
-    async fn mget(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-        keys: &[&String],
-    ) -> Option<Vec<Option<String>>> {
-        let timeout = Duration::from_secs(1);
-        if conn.is_none() {
-            *conn = tokio::time::timeout(timeout, self.redis.get_multiplexed_async_connection())
-                .await
-                .ok()?
-                .ok();
-        }
-        let c = conn.as_mut()?;
-        let mut mget = redis::cmd("MGET");
-        mget.arg(keys);
-        let reply = tokio::time::timeout(timeout, mget.query_async(c)).await;
-        match reply {
-            Ok(Ok(values)) => Some(values),
-            _ => {
-                *conn = None;
-                None
             }
         }
     }
