@@ -209,21 +209,11 @@ impl LeaseAuditor {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let task = tokio::spawn(async move {
-            let mut seen: HashMap<ShardId, (u64, String)> = HashMap::new();
+            let mut order = EpochOrder::default();
             let mut samples = 0;
             while !flag.load(Ordering::Relaxed) {
                 for (shard, (holder, epoch)) in holders(&mut conn).await? {
-                    if let Some((last_epoch, last_holder)) = seen.get(&shard) {
-                        ensure!(
-                            epoch >= *last_epoch,
-                            "shard {shard}: epoch went back {last_epoch} -> {epoch}"
-                        );
-                        ensure!(
-                            epoch != *last_epoch || holder == *last_holder,
-                            "shard {shard}: epoch {epoch} has two holders"
-                        );
-                    }
-                    seen.insert(shard, (epoch, holder));
+                    order.observe(format!("shard {shard}"), epoch, holder)?;
                 }
                 samples += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -245,7 +235,7 @@ impl LeaseAuditor {
 /// go back and each epoch is one member's: no two members published one
 /// shard interleaved.
 fn check_publications(recorder: &Recorder) -> Result<usize> {
-    let mut last: HashMap<String, (u64, String)> = HashMap::new();
+    let mut order = EpochOrder::default();
     let mut count = 0;
     for (channel, message) in recorder.messages() {
         if !channel.starts_with("shard.") {
@@ -254,20 +244,35 @@ fn check_publications(recorder: &Recorder) -> Result<usize> {
         let mut parts = message.splitn(3, ':');
         let epoch: u64 = parts.next().unwrap_or_default().parse()?;
         let member = parts.next().unwrap_or_default().to_string();
-        if let Some((last_epoch, last_member)) = last.get(&channel) {
-            ensure!(
-                epoch >= *last_epoch,
-                "{channel}: epoch {epoch} published after {last_epoch}"
-            );
-            ensure!(
-                epoch != *last_epoch || member == *last_member,
-                "{channel}: epoch {epoch} from two members"
-            );
-        }
-        last.insert(channel, (epoch, member));
+        order.observe(channel, epoch, member)?;
         count += 1;
     }
     Ok(count)
+}
+
+/// The fencing invariant, per key (a shard, or its channel), over what is
+/// observed in order: the epoch never goes back, and one epoch belongs to
+/// one member.
+#[derive(Default)]
+struct EpochOrder {
+    last: HashMap<String, (u64, String)>,
+}
+
+impl EpochOrder {
+    fn observe(&mut self, key: String, epoch: u64, member: String) -> Result<()> {
+        if let Some((last_epoch, last_member)) = self.last.get(&key) {
+            ensure!(
+                epoch >= *last_epoch,
+                "{key}: epoch went back {last_epoch} -> {epoch}"
+            );
+            ensure!(
+                epoch != *last_epoch || member == *last_member,
+                "{key}: epoch {epoch} from two members ({last_member}, {member})"
+            );
+        }
+        self.last.insert(key, (epoch, member));
+        Ok(())
+    }
 }
 
 /// The shards `member` ranks first for among `members`.
