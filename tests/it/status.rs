@@ -6,8 +6,6 @@
 //! `redtail status`.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::cluster::{
@@ -15,17 +13,13 @@ use ::cluster::{
     initialize_checkpoint,
 };
 use anyhow::{Context, Result, ensure};
-use futures_util::future::BoxFuture;
 use redtail::config::{Invocation, StatusArgs, StatusFormat};
-use redtail::denylist::Denylist;
-use redtail::http::{self, HealthProbe, HttpState};
 use redtail::status::{StatusError, StatusSource, read_status};
-use redtail::telemetry::metrics::Metrics;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::support::redis_server::{RedisOptions, RedisServer};
+use crate::support::status_server::serve_status;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_redtail");
 const PREFIX: &str = "st::";
@@ -93,37 +87,6 @@ async fn seed(redis: &RedisServer) -> Result<Seeded> {
     })
 }
 
-/// Probes that always pass: `/status` does not depend on them.
-struct Healthy;
-
-impl HealthProbe for Healthy {
-    fn mongo_ok(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-    fn redis_ok(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-}
-
-/// Serves the real router on a free port; returns the base URL and the
-/// token that stops it.
-async fn serve(status: Option<StatusSource>) -> Result<(String, CancellationToken)> {
-    let metrics = Metrics::new();
-    let state = HttpState {
-        metrics: metrics.clone(),
-        denylist: Denylist::in_memory(metrics),
-        health: Arc::new(Healthy),
-        ready: Arc::new(AtomicBool::new(true)),
-        admin_token: None,
-        status,
-    };
-    let listener = http::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    tokio::spawn(http::serve_on(listener, state, stop.clone()));
-    Ok((base, stop))
-}
-
 async fn get_json(base: &str, path: &str) -> Result<(StatusCode, Value)> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -153,7 +116,7 @@ async fn status_endpoint_shows_the_seeded_cluster() -> Result<()> {
         SHARDS,
         Some(seeded.a.clone()),
     )?;
-    let (base, stop) = serve(Some(source)).await?;
+    let (base, stop) = serve_status(Some(source)).await?;
     let (code, body) = get_json(&base, "/status").await?;
     stop.cancel();
 
@@ -212,7 +175,7 @@ async fn status_endpoint_shows_the_seeded_cluster() -> Result<()> {
 
 #[tokio::test]
 async fn status_endpoint_is_404_outside_cluster_mode_and_503_without_redis() -> Result<()> {
-    let (base, stop) = serve(None).await?;
+    let (base, stop) = serve_status(None).await?;
     let (code, body) = get_json(&base, "/status").await?;
     stop.cancel();
     assert_eq!(code, StatusCode::NOT_FOUND);
@@ -224,7 +187,7 @@ async fn status_endpoint_is_404_outside_cluster_mode_and_503_without_redis() -> 
     })?;
     let source = StatusSource::connect(redis::Client::open(redis.url())?, PREFIX, SHARDS, None)?;
     redis.stop();
-    let (base, stop) = serve(Some(source)).await?;
+    let (base, stop) = serve_status(Some(source)).await?;
     let started = Instant::now();
     let (code, body) = get_json(&base, "/status").await?;
     stop.cancel();

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,14 +22,12 @@ use ::cluster::{
 use anyhow::{Context, Result, bail, ensure};
 use axum::extract::Request;
 use axum::middleware::{self, Next};
-use futures_util::future::BoxFuture;
-use redtail::denylist::Denylist;
-use redtail::http::{self, HealthProbe, HttpState};
+use redtail::http;
 use redtail::status::StatusSource;
-use redtail::telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::redis_server::RedisServer;
+use crate::support::status_server::{serve_status, status_state};
 
 const PREFIX: &str = "sp::";
 const SHARDS: u16 = 8;
@@ -87,37 +85,11 @@ async fn seed(redis: &RedisServer) -> Result<Seeded> {
     Ok(seeded)
 }
 
-struct Healthy;
-
-impl HealthProbe for Healthy {
-    fn mongo_ok(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-    fn redis_ok(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async { true })
-    }
-}
-
-fn state(status: Option<StatusSource>) -> HttpState {
-    let metrics = Metrics::new();
-    HttpState {
-        metrics: metrics.clone(),
-        denylist: Denylist::in_memory(metrics),
-        health: Arc::new(Healthy),
-        ready: Arc::new(AtomicBool::new(true)),
-        admin_token: None,
-        status,
-    }
-}
-
 /// Serves the real router on a free port; returns the page's URL and the
 /// token that stops the server.
 async fn serve(status: Option<StatusSource>) -> Result<(String, CancellationToken)> {
-    let listener = http::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/status/page", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    tokio::spawn(http::serve_on(listener, state(status), stop.clone()));
-    Ok((url, stop))
+    let (base, stop) = serve_status(status).await?;
+    Ok((format!("{base}/status/page"), stop))
 }
 
 fn source_for(redis: &RedisServer, member: &MemberId) -> Result<StatusSource> {
@@ -439,7 +411,7 @@ async fn serve_then_lose_redis(
     let requests = Arc::new(AtomicUsize::new(0));
     let redis = Arc::new(Mutex::new(redis));
     let counted = requests.clone();
-    let app = http::router(state(Some(source))).layer(middleware::from_fn(
+    let app = http::router(status_state(Some(source))).layer(middleware::from_fn(
         move |request: Request, next: Next| {
             let counted = counted.clone();
             let redis = redis.clone();

@@ -5,3 +5,4 @@ pub mod mongo;
 pub mod redis_server;
 pub mod redtail;
 pub mod relay;
+pub mod status_server;
