@@ -100,10 +100,7 @@ impl Running {
     }
 
     fn sent(&self) -> u64 {
-        self.metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .get()
+        processed(&self.metrics, "sent")
     }
 }
 
@@ -287,20 +284,8 @@ async fn a_paused_redis_delays_but_loses_and_duplicates_nothing() -> Result<()> 
     );
     assert!(started.elapsed() >= Duration::from_secs(2));
     let metrics = running.stop().await?;
-    assert_eq!(
-        metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .get(),
-        100
-    );
-    assert_eq!(
-        metrics
-            .processed_messages
-            .with_label_values(&["failed"])
-            .get(),
-        0
-    );
+    assert_eq!(processed(&metrics, "sent"), 100);
+    assert_eq!(processed(&metrics, "failed"), 0);
     // Whether the client timed calls out during the pause (and so counted
     // temporary failures) depends on scheduling on a loaded machine; what
     // must hold either way is asserted above. The restart test below checks
@@ -336,20 +321,8 @@ async fn a_redis_restart_loses_nothing() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = running.stop().await?;
-    assert_eq!(
-        metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .get(),
-        100
-    );
-    assert_eq!(
-        metrics
-            .processed_messages
-            .with_label_values(&["failed"])
-            .get(),
-        0
-    );
+    assert_eq!(processed(&metrics, "sent"), 100);
+    assert_eq!(processed(&metrics, "failed"), 0);
     assert!(metrics.temporary_send_failures.get() > 0);
 
     // Every change was heard before the crash, or ran its script on the
@@ -601,24 +574,10 @@ async fn a_batch_is_dropped_after_max_outage_and_later_ones_still_flow() -> Resu
         .send(batch_of(vec![publication(t, 1), publication(t, 2)]))
         .await;
     let deadline = Instant::now() + WAIT;
-    while running
-        .metrics
-        .processed_messages
-        .with_label_values(&["failed"])
-        .get()
-        < 2
-        && Instant::now() < deadline
-    {
+    while processed(&running.metrics, "failed") < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        running
-            .metrics
-            .processed_messages
-            .with_label_values(&["failed"])
-            .get(),
-        2
-    );
+    assert_eq!(processed(&running.metrics, "failed"), 2);
     redis.restart()?;
     let subscriber = Subscriber::all(&redis)?;
     let p = publication(t, 3);
@@ -716,17 +675,19 @@ async fn cancelling_drains_everything_already_queued() -> Result<()> {
     }
     // Cancel at once: most of the 300 are still queued.
     let metrics = running.stop().await?;
-    assert_eq!(
-        metrics
-            .processed_messages
-            .with_label_values(&["sent"])
-            .get(),
-        300
-    );
+    assert_eq!(processed(&metrics, "sent"), 300);
     let expected = expected_messages(&publications);
     let got = subscriber.wait_for(expected.len(), WAIT).await;
     assert!(got == expected, "got {}", summary(&got));
     let last = publications.last().unwrap().origin.to_string();
     assert_eq!(redis.get("oplogtoredis::lastProcessedEntry.0")?, Some(last));
     Ok(())
+}
+
+/// `otr_redispub_processed_messages{status}`: publications `sent` or `failed`.
+fn processed(metrics: &Metrics, status: &str) -> u64 {
+    metrics
+        .processed_messages
+        .with_label_values(&[status])
+        .get()
 }
