@@ -171,17 +171,7 @@ async fn index_builds_publish_nothing() {
         .await
         .unwrap();
     coll.drop_index("k_1").await.unwrap();
-    coll.insert_one(doc! { "_id": "marker" }).await.unwrap();
-    let got = relay.wait_for(2).await;
-    assert_eq!(
-        got,
-        pair(
-            &relay,
-            "Test",
-            "marker",
-            &message("i", r#""marker""#, &["_id"])
-        )
-    );
+    assert_only_the_marker_follows(&relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,17 +219,7 @@ async fn aborted_transaction_publishes_nothing() {
         .await
         .unwrap();
     session.abort_transaction().await.unwrap();
-    coll.insert_one(doc! { "_id": "marker" }).await.unwrap();
-    let got = relay.wait_for(2).await;
-    assert_eq!(
-        got,
-        pair(
-            &relay,
-            "Test",
-            "marker",
-            &message("i", r#""marker""#, &["_id"])
-        )
-    );
+    assert_only_the_marker_follows(&relay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,4 +359,21 @@ async fn write_parallelism_spreads_databases_over_lanes_with_their_own_positions
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Inserts a marker document into `Test` and checks that its two messages
+/// are all that was published: nothing written before it reached Redis.
+async fn assert_only_the_marker_follows(relay: &Relay) {
+    let coll = relay.collection("Test");
+    coll.insert_one(doc! { "_id": "marker" }).await.unwrap();
+    let got = relay.wait_for(2).await;
+    assert_eq!(
+        got,
+        pair(
+            relay,
+            "Test",
+            "marker",
+            &message("i", r#""marker""#, &["_id"])
+        )
+    );
 }
